@@ -1,0 +1,27 @@
+# Two entry points for a fresh machine (Python 3.11, no GPU): `make demo` and `make test`.
+# Both create .venv if it is missing, install the pinned requirements and llama.cpp's converter, then run.
+VENV   ?= .venv
+PYTHON ?= python3
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.raftune-installed
+
+.PHONY: install demo test clean
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps -e .
+	$(PY) -m raftune.export.converter
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/raftune demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+clean:
+	rm -rf runs

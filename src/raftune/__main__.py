@@ -1,0 +1,3 @@
+from raftune.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""The one place where prompts are rendered.
+
+Training, Hugging Face generation, llama.cpp generation and the fidelity report all call `render_prompt` /
+`render_example`, which go through the tokenizer's own chat template (saved with the adapter, the merged model
+and the GGUF). The seed project built its test prompt by hand with different spacing and sent llama.cpp a prompt
+without the context; one renderer makes that class of mismatch impossible.
+"""
+
+from __future__ import annotations
+
+INSTRUCTION = (
+    "Beantworte die Frage nur mit Hilfe des Kontexts. Zitiere die entscheidenden Stellen zwischen "
+    "##begin_quote## und ##end_quote## und schließe mit <ANSWER>: und der kurzen Antwort."
+)
+
+# The Mistral-instruct (v0.3) shape: `<s>[INST] user[/INST] assistant</s>`. Used by the tiny model; real
+# models bring their own template, which `render_prompt` uses just the same.
+MISTRAL_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + '[/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] + eos_token }}"
+    "{% endif %}{% endfor %}"
+)
+
+
+def user_message(question: str, documents: list[str]) -> str:
+    """The user turn: instruction, the context documents, the question (the seed's layout)."""
+    context = "\n".join(f"<DOCUMENT>{doc}</DOCUMENT>" for doc in documents)
+    return f"{INSTRUCTION}\n\nContext:\n{context}\n\nQuestion: {question}"
+
+
+def messages(question: str, documents: list[str], answer: str | None = None) -> list[dict]:
+    turns = [{"role": "user", "content": user_message(question, documents)}]
+    if answer is not None:
+        turns.append({"role": "assistant", "content": answer})
+    return turns
+
+
+def render_prompt(tokenizer, question: str, documents: list[str]) -> str:
+    """The text a model is given at inference: everything up to where the answer starts, BOS included."""
+    return tokenizer.apply_chat_template(messages(question, documents), tokenize=False, add_generation_prompt=True)
+
+
+def render_example(tokenizer, question: str, documents: list[str], answer: str) -> tuple[str, str]:
+    """(prompt, completion) for training: prompt is exactly `render_prompt`'s text, completion the rest (EOS included)."""
+    prompt = render_prompt(tokenizer, question, documents)
+    full = tokenizer.apply_chat_template(messages(question, documents, answer), tokenize=False)
+    if not full.startswith(prompt):
+        raise ValueError("the chat template renders the prompt differently with and without the answer; "
+                         "prompt/completion masking would be wrong")
+    return prompt, full[len(prompt):]
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    """Token ids of rendered text. The template already wrote BOS, so the tokenizer must not add another."""
+    return tokenizer(text, add_special_tokens=False)["input_ids"]

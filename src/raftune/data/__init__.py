@@ -1,0 +1,1 @@
+"""Data stage: documents -> chunks -> RAFT rows."""

@@ -1,0 +1,90 @@
+"""Documents -> chunks (one chunk per paragraph, with document, page and section kept for citations)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, asdict
+from pathlib import Path
+
+from raftune import RaftuneError
+
+
+@dataclass
+class Chunk:
+    id: str  # "<document>/<n>"
+    document: str
+    page: int
+    section: str
+    text: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _require(obj: dict, key: str, kind, where: str):
+    if key not in obj:
+        raise RaftuneError(f"{where}: missing field '{key}'")
+    if not isinstance(obj[key], kind):
+        raise RaftuneError(f"{where}: field '{key}' must be {kind.__name__}, got {type(obj[key]).__name__}")
+    return obj[key]
+
+
+def load_corpus_json(path: Path) -> list[Chunk]:
+    """The embedded corpus format: {"document", "title", "paragraphs": [{"page", "section", "heading", "text"}]}."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise RaftuneError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(doc, dict):
+        raise RaftuneError(f"{path}: expected an object with 'document' and 'paragraphs'")
+    name = _require(doc, "document", str, str(path))
+    chunks = []
+    for i, para in enumerate(_require(doc, "paragraphs", list, str(path))):
+        where = f"{path}: paragraph {i}"
+        text = _require(para, "text", str, where).strip()
+        if not text:
+            raise RaftuneError(f"{where}: field 'text' is empty")
+        section = f"{para.get('section', '')} {para.get('heading', '')}".strip()
+        chunks.append(Chunk(f"{name}/{i}", name, int(_require(para, "page", int, where)), section, text))
+    return chunks
+
+
+def load_text(path: Path) -> list[Chunk]:
+    """Plain text or markdown: paragraphs are separated by blank lines; no page information (page 1)."""
+    text = path.read_text(encoding="utf-8")
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+    return [Chunk(f"{path.stem}/{i}", path.stem, 1, "", p) for i, p in enumerate(paragraphs)]
+
+
+def load_corpus(folder: str | Path) -> list[Chunk]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise RaftuneError(f"corpus folder not found: {folder}")
+    chunks: list[Chunk] = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix == ".json":
+            chunks += load_corpus_json(path)
+        elif path.suffix in {".txt", ".md"}:
+            chunks += load_text(path)
+    if not chunks:
+        raise RaftuneError(f"{folder}: no documents found (expected *.json, *.txt or *.md)")
+    return chunks
+
+
+def load_qac(path: str | Path) -> list[dict]:
+    """Question/answer/context triplets: a JSON list of {"question", "answer", "context", ...}."""
+    path = Path(path)
+    if not path.is_file():
+        raise RaftuneError(f"QAC file not found: {path}")
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise RaftuneError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(rows, list):
+        raise RaftuneError(f"{path}: expected a JSON list of question/answer/context objects")
+    for i, row in enumerate(rows):
+        for key in ("question", "answer", "context"):
+            if not isinstance(row, dict) or not isinstance(row.get(key), str) or not row[key].strip():
+                raise RaftuneError(f"{path}: row {i}: field '{key}' must be a non-empty string")
+    return rows

@@ -1,0 +1,82 @@
+"""RAFT rows: question + oracle document + distractor documents + a chain-of-thought answer quoting its source.
+
+The answer generator is offline and extractive: it quotes the oracle sentence that best matches the question and
+its reference answer (rapidfuzz), so every quote appears verbatim in the context and every row ends with
+`<ANSWER>:`, the two faults the seed's generated data had most often.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+from rapidfuzz import fuzz
+
+from raftune import RaftuneError
+from raftune.chat import user_message
+from raftune.data.corpus import Chunk
+
+_SENTENCE_END = re.compile(r"(?<=[.;!?])\s+(?=[(A-ZÄÖÜ0-9])")
+
+
+def split_sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+
+
+def extractive_answer(question: str, answer: str, oracle: str) -> str:
+    """Chain of thought: the best-matching oracle sentence, quoted verbatim, then the final answer."""
+    sentences = split_sentences(oracle)
+    quote = max(sentences, key=lambda s: fuzz.token_set_ratio(f"{question} {answer}", s))
+    return f"Im Kontext heißt es: ##begin_quote##{quote}##end_quote##\n<ANSWER>: {answer}"
+
+
+def final_answer(cot_answer: str) -> str:
+    """The text after `<ANSWER>:`, or the whole answer when the marker is missing."""
+    return cot_answer.split("<ANSWER>:", 1)[1].strip() if "<ANSWER>:" in cot_answer else cot_answer.strip()
+
+
+def build_rows(chunks: list[Chunk], qac: list[dict], num_distractors: int, oracle_probability: float,
+               rows_per_question: int, seed: int, source: str = "qac") -> list[dict]:
+    """One or more RAFT rows per QAC triplet, in the gorilla/raft column layout plus normalised fields."""
+    if num_distractors >= len(chunks):
+        raise RaftuneError(f"num_distractors={num_distractors} needs more than {len(chunks)} chunks in the corpus")
+    by_text = {chunk.text: chunk for chunk in chunks}
+    rng = random.Random(seed)
+    rows = []
+    for q, item in enumerate(qac):
+        oracle = by_text.get(item["context"].strip())
+        if oracle is None:
+            raise RaftuneError(f"{source}: row {q}: field 'context' is not the text of any corpus paragraph")
+        cot = extractive_answer(item["question"], item["answer"], oracle.text)
+        for r in range(rows_per_question):
+            distractors = rng.sample([c for c in chunks if c.id != oracle.id], num_distractors)
+            with_oracle = rng.random() < oracle_probability
+            docs = distractors[:-1] + [oracle] if with_oracle else distractors
+            rng.shuffle(docs)
+            texts = [d.text for d in docs]
+            rows.append({
+                "id": f"q{q}-r{r}",
+                "type": "general",
+                "question": item["question"],
+                "context": {"sentences": [texts], "title": [[d.id for d in docs]]},
+                "oracle_context": oracle.text,
+                "cot_answer": cot,
+                "instruction": user_message(item["question"], texts),
+                # normalised fields
+                "documents": texts,
+                "oracle_index": docs.index(oracle) if with_oracle else None,
+                "answer": item["answer"],
+                "question_index": q,
+                "document": oracle.document,
+                "page": oracle.page,
+            })
+    return rows
+
+
+def split_by_question(rows: list[dict], eval_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Train/eval split by question, so no eval question is seen in training with other distractors."""
+    questions = sorted({row["question_index"] for row in rows})
+    rng = random.Random(seed)
+    held_out = set(rng.sample(questions, round(len(questions) * eval_fraction)))
+    return ([r for r in rows if r["question_index"] not in held_out],
+            [r for r in rows if r["question_index"] in held_out])

@@ -1,0 +1,1 @@
+"""Evaluation: test sets, retrieval, model providers, metrics."""

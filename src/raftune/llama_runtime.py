@@ -1,0 +1,46 @@
+"""Opening a GGUF with llama-cpp-python, the one way raftune does it.
+
+llama.cpp's CPU backend "repacks" weights into extra buffer types (AMX tiles on Intel CPUs that have them). On
+the AMX machines raftune is tested on, llama.cpp 0c1e570 (llama-cpp-python 0.3.36) crashes with SIGSEGV in
+`ggml_backend_amx_mul_mat` on the first q8_0 matrix product. llama.cpp's `use_extra_bufts=false` model parameter
+turns the extra buffers off; llama-cpp-python does not expose it, so we set it on the default parameters it
+starts from. The plain CPU kernels compute the same products, only without the repacked layout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from raftune import RaftuneError
+
+
+@contextlib.contextmanager
+def _without_extra_buffers():
+    import llama_cpp
+
+    original = llama_cpp.llama_cpp.llama_model_default_params
+
+    def params():
+        value = original()
+        value.use_extra_bufts = False
+        return value
+
+    llama_cpp.llama_cpp.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        llama_cpp.llama_cpp.llama_model_default_params = original
+
+
+def open_gguf(path, n_ctx: int = 4096, logits_all: bool = False, n_threads: int | None = None):
+    from llama_cpp import Llama
+
+    from raftune.export.gguf_check import read_gguf
+
+    read_gguf(path)  # a clear one-line error for a missing, truncated or foreign file, before llama.cpp aborts
+    with _without_extra_buffers():
+        try:
+            return Llama(model_path=str(path), n_ctx=n_ctx, logits_all=logits_all, n_threads=n_threads,
+                         seed=0, verbose=False)
+        except ValueError as err:
+            raise RaftuneError(f"{path}: llama.cpp could not load it ({err})") from None

@@ -1,0 +1,35 @@
+import subprocess
+import sys
+
+from raftune.cli import main
+
+
+def test_help_describes_every_option(capsys):
+    for argv in (["--help"], ["demo", "--help"], ["train", "--help"]):
+        try:
+            main(argv)
+        except SystemExit as stop:
+            assert stop.code == 0
+        out = capsys.readouterr().out
+        assert "usage: raftune" in out
+    assert "--config" in out and "key=value" in out
+
+
+def test_python_dash_m_works():
+    result = subprocess.run([sys.executable, "-m", "raftune", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "demo" in result.stdout
+
+
+def test_wrong_key_is_one_line_and_non_zero(tmp_path, capsys):
+    bad = tmp_path / "x.yaml"
+    bad.write_text("run: x\nloraa: {}\n")
+    assert main(["data", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown key 'loraa'" in err and str(bad) in err
+
+
+def test_missing_file_is_one_line_and_non_zero(tmp_path, capsys):
+    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert capsys.readouterr().err.strip() == f"raftune: error: config file not found: {tmp_path / 'missing.yaml'}"
+    assert main(["data", f"data.corpus={tmp_path / 'nowhere'}"]) == 2
+    assert "corpus folder not found" in capsys.readouterr().err

@@ -1,0 +1,48 @@
+from pathlib import Path
+
+import pytest
+
+from raftune import RaftuneError
+from raftune.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def test_there_are_configs():
+    assert {p.name for p in CONFIGS} >= {"demo-tiny.yaml", "mistral-7b-qlora-raft.yaml"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_loads_and_names_its_command(path):
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# raftune ") and str(path.relative_to(ROOT)) in first
+    config = load_config(path)
+    assert config.lora["r"] > 0 and config.sft["learning_rate"] > 0
+    from peft import LoraConfig
+    from transformers import BitsAndBytesConfig
+
+    LoraConfig(**config.lora)
+    BitsAndBytesConfig(**config.quantization)
+
+
+def test_unknown_key_names_file_and_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("run: x\nsft:\n  learnin_rate: 1\n")
+    with pytest.raises(RaftuneError, match=r"bad.yaml: unknown key 'sft.learnin_rate'"):
+        load_config(path)
+    path.write_text("runn: x\n")
+    with pytest.raises(RaftuneError, match=r"unknown key 'runn'"):
+        load_config(path)
+
+
+def test_overrides_take_yaml_values():
+    config = load_config(ROOT / "configs/demo-tiny.yaml", ["sft.max_steps=7", "export.types=[f16]", "run=quick"])
+    assert config.sft["max_steps"] == 7 and config.export.types == ["f16"] and config.run == "quick"
+    with pytest.raises(RaftuneError, match="key=value"):
+        load_config(ROOT / "configs/demo-tiny.yaml", ["sft.max_steps"])
+
+
+def test_missing_config_file():
+    with pytest.raises(RaftuneError, match="config file not found: nope.yaml"):
+        load_config("nope.yaml")

@@ -1,0 +1,66 @@
+import json
+
+import pytest
+
+from raftune import RaftuneError
+from raftune.data.corpus import load_corpus, load_qac
+from raftune.data.raft import build_rows, final_answer, split_by_question
+
+from conftest import MINI
+
+
+def test_mini_corpus_chunks_keep_document_page_and_section():
+    chunks = load_corpus(MINI / "corpus")
+    assert len(chunks) == 6
+    first = [c for c in chunks if c.id == "ordnung/2"][0]
+    assert (first.document, first.page, first.section) == ("ordnung", 2, "§ 3 Wiederholung")
+
+
+def test_raft_rows_exact_counts_and_verbatim_quotes():
+    chunks, qac = load_corpus(MINI / "corpus"), load_qac(MINI / "qac.json")
+    rows = build_rows(chunks, qac, num_distractors=2, oracle_probability=1.0, rows_per_question=2, seed=0)
+    assert len(rows) == 12
+    for row in rows:
+        assert len(row["documents"]) == 2  # oracle replaces one of the two distractors
+        assert row["documents"][row["oracle_index"]] == row["oracle_context"]
+        quote = row["cot_answer"].split("##begin_quote##")[1].split("##end_quote##")[0]
+        assert quote in row["oracle_context"]
+        assert final_answer(row["cot_answer"]) == row["answer"]
+        assert row["context"]["sentences"][0] == row["documents"]  # gorilla/raft layout kept
+
+
+def test_oracle_probability_zero_leaves_oracle_out():
+    chunks, qac = load_corpus(MINI / "corpus"), load_qac(MINI / "qac.json")
+    rows = build_rows(chunks, qac, num_distractors=2, oracle_probability=0.0, rows_per_question=1, seed=0)
+    assert all(r["oracle_index"] is None and r["oracle_context"] not in r["documents"] for r in rows)
+
+
+def test_split_is_by_question():
+    chunks, qac = load_corpus(MINI / "corpus"), load_qac(MINI / "qac.json")
+    rows = build_rows(chunks, qac, 2, 0.8, 3, seed=0)
+    train, held_out = split_by_question(rows, 0.2, seed=0)
+    assert len(train) + len(held_out) == 18 and len(held_out) == 3  # one question of six, three rows
+    assert not {r["question"] for r in train} & {r["question"] for r in held_out}
+
+
+def test_qac_context_not_in_corpus_names_row(tmp_path):
+    bad = tmp_path / "qac.json"
+    rows = json.loads((MINI / "qac.json").read_text())
+    rows[3]["context"] = "Ein Absatz, den es nicht gibt."
+    bad.write_text(json.dumps(rows))
+    with pytest.raises(RaftuneError, match=r"qac.json: row 3: field 'context'"):
+        build_rows(load_corpus(MINI / "corpus"), load_qac(bad), 2, 0.8, 1, seed=0, source=str(bad))
+
+
+def test_qac_missing_field_names_row_and_field(tmp_path):
+    bad = tmp_path / "qac.json"
+    bad.write_text(json.dumps([{"question": "q", "answer": "a", "context": "c"}, {"question": "q", "context": "c"}]))
+    with pytest.raises(RaftuneError, match=r"row 1: field 'answer'"):
+        load_qac(bad)
+
+
+def test_broken_corpus_file_names_paragraph_and_field(tmp_path):
+    (tmp_path / "doc.json").write_text(json.dumps({"document": "doc", "paragraphs": [{"page": 1, "text": "x"},
+                                                                                        {"text": "y"}]}))
+    with pytest.raises(RaftuneError, match=r"doc.json: paragraph 1: missing field 'page'"):
+        load_corpus(tmp_path)
