@@ -23,7 +23,7 @@ def test_python_dash_m_works():
 def test_wrong_key_is_one_line_and_non_zero(tmp_path, capsys):
     bad = tmp_path / "x.yaml"
     bad.write_text("run: x\nloraa: {}\n")
-    assert main(["data", "--config", str(bad)]) == 2
+    assert main(["data", "build", "--config", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown key 'loraa'" in err and str(bad) in err
 
@@ -31,5 +31,5 @@ def test_wrong_key_is_one_line_and_non_zero(tmp_path, capsys):
 def test_missing_file_is_one_line_and_non_zero(tmp_path, capsys):
     assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert capsys.readouterr().err.strip() == f"raftune: error: config file not found: {tmp_path / 'missing.yaml'}"
-    assert main(["data", f"data.corpus={tmp_path / 'nowhere'}"]) == 2
+    assert main(["data", "build", f"data.corpus={tmp_path / 'nowhere'}"]) == 2
     assert "corpus folder not found" in capsys.readouterr().err

@@ -10,7 +10,6 @@ from raftune import RaftuneError
 DEFAULT_CONFIG = "configs/demo-tiny.yaml"
 
 STAGES = {
-    "data": "build RAFT rows from the corpus and QAC triplets (runs/<run>/data)",
     "train": "QLoRA supervised finetuning with trl's SFTTrainer (runs/<run>/train)",
     "merge": "fold the LoRA adapter into the full-precision base (runs/<run>/merge)",
     "export": "convert the merged model to GGUF with llama.cpp's converter (runs/<run>/export)",
@@ -36,18 +35,72 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Run data -> train -> merge -> export -> evaluate -> plots on one recipe "
                                       "(by default the tiny Mistral on the embedded corpus) and print one row per model.")
     _add_config_args(demo)
+    data = sub.add_parser("data", help="build, inspect or clean training data",
+                          description="Build RAFT rows from documents, inspect any data file, or clean RAFT rows.")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    _add_config_args(data_sub.add_parser(
+        "build", help="RAFT rows from the corpus and QAC triplets (runs/<run>/data)",
+        description="Build RAFT rows (oracle + distractors, quoted chain-of-thought answers) into runs/<run>/data."))
+    inspect = data_sub.add_parser(
+        "inspect", help="shape, row count, columns, oracle share, token lengths of a data file",
+        description="Load an Arrow file, save_to_disk folder, JSON or JSONL in any seed shape and describe it.")
+    inspect.add_argument("path", help="the data file or folder")
+    inspect.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    inspect.add_argument("--tokenizer", help="tokenizer folder or hub id for token lengths (default: none, no lengths)")
+    clean = data_sub.add_parser(
+        "clean", help="check every RAFT row and write the kept rows and a report",
+        description="Reject RAFT rows that are not questions, quote text not in the context, lack <ANSWER>:, ...; "
+                    "write clean.jsonl, report.json and report.md to OUT.")
+    clean.add_argument("path", help="RAFT rows (Arrow file, save_to_disk folder, JSON or JSONL)")
+    clean.add_argument("--out", required=True, help="output folder")
+    clean.add_argument("--repair", action="store_true",
+                       help="re-quote spans that are in the context up to whitespace and quote marks, instead of rejecting")
+    clean.add_argument("--skip-bad", action="store_true",
+                       help="skip unreadable rows (missing field, unparsable context) and count them, instead of failing")
+    clean.add_argument("--min-oracle-chars", type=int, default=40, help="shortest oracle document kept (default 40)")
+    clean.add_argument("--tokenizer", help="tokenizer folder or hub id for the token budget check")
+    clean.add_argument("--max-tokens", type=int, help="token budget of question + documents + answer")
     for name, text in STAGES.items():
         _add_config_args(sub.add_parser(name, help=text, description=text))
     return parser
 
 
+def _data_tool(args) -> int:
+    import json
+
+    tokenizer = None
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    if args.data_command == "inspect":
+        from raftune.data.inspect import format_report, inspect
+
+        report = inspect(args.path, tokenizer)
+        print(json.dumps(report, ensure_ascii=False) if args.json else format_report(report))
+    else:
+        from raftune.data.clean import clean
+
+        report = clean(args.path, args.out, repair=args.repair, skip_bad=args.skip_bad,
+                       min_oracle_chars=args.min_oracle_chars, tokenizer=tokenizer, max_tokens=args.max_tokens)
+        print(f"{report['rows_read']} rows read, {report['kept']} kept, rejected {report['rejected']}; "
+              f"report: {args.out}/report.md")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "data" and args.data_command != "build":
+            return _data_tool(args)
         from raftune.config import load_config
 
         config = load_config(args.config, args.overrides)
-        if args.command == "demo":
+        if args.command == "data":
+            from raftune.data.stage import run
+
+            run(config)
+        elif args.command == "demo":
             from raftune.pipeline import run_all
 
             run_all(config)

@@ -1,0 +1,194 @@
+"""Every data shape the seed team used, loaded from Arrow, `save_to_disk` folders, JSON or JSONL, and normalised.
+
+Shapes:
+  paragraphs  [{"paragraph"}]
+  qac         [{"question", "answer", "context"}]
+  raft        gorilla/raft rows: id, type, question, context {"sentences": [[doc, ...]], "title": [[...]]},
+              oracle_context, cot_answer, instruction
+  raft-repr   the same rows with `context` as a string holding a Python/numpy repr (the seed's hand-cleaned file)
+
+All normalise to `Row` (question, documents, oracle index or None, reasoning answer, final answer).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from raftune import RaftuneError
+
+ANSWER_MARKER = "<ANSWER>:"
+RAFT_FIELDS = ("question", "context", "oracle_context", "cot_answer")
+
+
+@dataclass
+class Row:
+    question: str | None
+    documents: list[str]
+    oracle_index: int | None
+    cot_answer: str | None
+    final_answer: str | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def read_records(path: str | Path) -> tuple[list[dict], list[str]]:
+    """Raw records and column names from an Arrow stream file, a `save_to_disk` folder, JSON or JSONL."""
+    path = Path(path)
+    if not path.exists():
+        raise RaftuneError(f"data file not found: {path}")
+    if path.is_dir() or path.suffix == ".arrow":
+        import datasets
+
+        try:
+            data = datasets.load_from_disk(str(path)) if path.is_dir() else datasets.Dataset.from_file(str(path))
+        except Exception as err:  # datasets raises several unrelated types for an unreadable file
+            raise RaftuneError(f"{path}: not a readable Arrow dataset ({type(err).__name__}: {err})") from None
+        if isinstance(data, datasets.DatasetDict):
+            raise RaftuneError(f"{path}: a DatasetDict with splits {list(data)}; pass one split's folder")
+        return data.to_list(), list(data.column_names)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise RaftuneError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+    if path.suffix == ".jsonl":
+        records = []
+        for n, line in enumerate(text.splitlines()):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise RaftuneError(f"{path}: row {n}: not valid JSON ({err.msg})") from None
+    else:
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise RaftuneError(f"{path}: not valid JSON ({err})") from None
+        if not isinstance(records, list):
+            raise RaftuneError(f"{path}: expected a JSON list of objects")
+    for n, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise RaftuneError(f"{path}: row {n}: expected an object, got {type(record).__name__}")
+    columns = list(dict.fromkeys(key for record in records for key in record))
+    return records, columns
+
+
+def detect_shape(columns: list[str], records: list[dict], path) -> str:
+    if set(RAFT_FIELDS) <= set(columns):
+        first = next((r["context"] for r in records if r.get("context") is not None), None)
+        return "raft-repr" if isinstance(first, str) else "raft"
+    if {"question", "answer", "context"} <= set(columns):
+        return "qac"
+    if "paragraph" in columns:
+        return "paragraphs"
+    raise RaftuneError(f"{path}: unknown shape with columns {columns} (expected paragraphs [paragraph], "
+                       f"QAC [question, answer, context] or RAFT [{', '.join(RAFT_FIELDS)}, ...])")
+
+
+# numpy's repr of an object array: array([...], dtype=object); the inner call may be nested
+def _strip_array_calls(node: ast.AST) -> ast.AST:
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "array" and node.args:
+        return _strip_array_calls(node.args[0])
+    for field, value in ast.iter_fields(node):
+        if isinstance(value, list):
+            setattr(node, field, [_strip_array_calls(v) if isinstance(v, ast.AST) else v for v in value])
+        elif isinstance(value, ast.AST):
+            setattr(node, field, _strip_array_calls(value))
+    return node
+
+
+def parse_context_repr(text: str) -> dict:
+    """`"{'sentences': array([array(['a', 'b'], dtype=object)], dtype=object), ...}"` -> a dict of lists.
+
+    Parsed with Python's own parser (strings keep their quotes, apostrophes and escaped newlines exactly), the
+    `array(...)` calls replaced by their first argument, then `ast.literal_eval`: nothing is executed.
+    """
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+        value = ast.literal_eval(_strip_array_calls(tree.body))
+    except (SyntaxError, ValueError, TypeError) as err:
+        raise ValueError(f"not a Python literal with array(...) calls ({type(err).__name__}: {err})") from None
+    if not isinstance(value, dict) or "sentences" not in value:
+        raise ValueError("expected a dict with 'sentences'")
+    return value
+
+
+def _documents(context) -> list[str]:
+    sentences = context["sentences"]
+    docs = [doc for group in sentences for doc in group] if sentences and isinstance(sentences[0], (list, tuple)) \
+        else list(sentences)
+    if not all(isinstance(doc, str) for doc in docs):
+        raise ValueError("documents must be strings")
+    return docs
+
+
+def squash(text: str) -> str:
+    """Whitespace collapsed and typographic quotes made plain: how the seed's quotes differ from their context."""
+    text = text.translate(str.maketrans({"“": '"', "”": '"', "„": '"', "‘": "'", "’": "'", "‚": "'", "«": '"', "»": '"'}))
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def oracle_index(documents: list[str], oracle: str) -> int | None:
+    for i, doc in enumerate(documents):
+        if doc == oracle:
+            return i
+    wanted = squash(oracle)
+    return next((i for i, doc in enumerate(documents) if squash(doc) == wanted), None)
+
+
+def final_answer(cot_answer: str) -> str | None:
+    return cot_answer.split(ANSWER_MARKER, 1)[1].strip() if ANSWER_MARKER in cot_answer else None
+
+
+def _require_str(record: dict, key: str) -> str:
+    value = record.get(key)
+    if not isinstance(value, str):
+        raise KeyError(key) if value is None else ValueError(f"field '{key}' must be a string, got {type(value).__name__}")
+    return value
+
+
+def normalise_record(record: dict, shape: str) -> Row:
+    """One record of a known shape -> Row; raises KeyError(field) or ValueError(reason)."""
+    if shape == "paragraphs":
+        return Row(None, [_require_str(record, "paragraph")], 0, None, None)
+    if shape == "qac":
+        answer = _require_str(record, "answer")
+        return Row(_require_str(record, "question"), [_require_str(record, "context")], 0, None, answer)
+    context = record.get("context")
+    if context is None:
+        raise KeyError("context")
+    if shape == "raft-repr":
+        if not isinstance(context, str):
+            raise ValueError("field 'context' must be a string holding a Python repr")
+        try:
+            context = parse_context_repr(context)
+        except ValueError as err:
+            raise ValueError(f"field 'context': {err}") from None
+    if not isinstance(context, dict) or "sentences" not in context:
+        raise ValueError("field 'context' must be {'sentences': [[...]], 'title': [[...]]}")
+    documents = _documents(context)
+    cot = _require_str(record, "cot_answer")
+    return Row(_require_str(record, "question"), documents, oracle_index(documents, _require_str(record, "oracle_context")),
+               cot, final_answer(cot))
+
+
+def load_rows(path: str | Path, skip_bad: bool = False) -> tuple[str, list[Row], list[dict], list[str]]:
+    """(shape, rows, skipped, columns). A bad row raises an error naming file, row and field unless `skip_bad`,
+    which instead returns it in `skipped` as {"row", "field", "error"}; nothing is dropped silently."""
+    records, columns = read_records(path)
+    shape = detect_shape(columns, records, path)
+    rows, skipped = [], []
+    for n, record in enumerate(records):
+        try:
+            rows.append(normalise_record(record, shape))
+        except (KeyError, ValueError) as err:
+            field = err.args[0] if isinstance(err, KeyError) else str(err).split("'")[1] if "'" in str(err) else "?"
+            reason = f"missing field '{field}'" if isinstance(err, KeyError) else str(err)
+            if not skip_bad:
+                raise RaftuneError(f"{path}: row {n}: {reason}") from None
+            skipped.append({"row": n, "field": field, "error": reason})
+    return shape, rows, skipped, columns

@@ -1,0 +1,147 @@
+"""Every seed data shape loads from every container; inspect and clean report honest, pinned numbers."""
+
+import json
+
+import numpy as np
+import pytest
+
+from raftune import RaftuneError
+from raftune.cli import main
+from raftune.data.clean import clean, quote_status
+from raftune.data.formats import load_rows, parse_context_repr
+
+from conftest import SHARED
+
+SEED = SHARED / "seed-data"
+needs_seed = pytest.mark.skipif(not SEED.is_dir(), reason=f"seed data not found at {SEED} (../shared is absent)")
+
+DOCS = ['He said "stop" and left.\nNew line', "it's the oracle, with 'single' quotes and enough words to count", "third (3) doc"]
+
+
+def raft_record(context, cot="Im Kontext: ##begin_quote##the oracle##end_quote##\n<ANSWER>: x", **extra):
+    return {"id": "r0", "type": "general", "question": "Was gilt?", "context": context,
+            "oracle_context": DOCS[1], "cot_answer": cot, "instruction": "...", **extra}
+
+
+def numpy_repr_context(docs):
+    """What the seed's hand-cleaned file holds: the repr of a dict of numpy object arrays."""
+    inner = np.empty(1, dtype=object)
+    inner[0] = np.array(docs, dtype=object)
+    return repr({"sentences": inner, "title": np.array([np.array(["a"] * len(docs), dtype=object)], dtype=object)})
+
+
+def test_repr_context_parses_every_document_intact():
+    text = numpy_repr_context(DOCS)
+    assert "array(" in text and "dtype=object" in text
+    assert parse_context_repr(text)["sentences"] == [DOCS]
+    # a 2-D repr (numpy merges equal-length rows) parses the same
+    assert parse_context_repr(repr({"sentences": np.array([DOCS], dtype=object)}))["sentences"] == [DOCS]
+
+
+def test_repr_context_is_never_executed():
+    with pytest.raises(ValueError):
+        parse_context_repr("{'sentences': __import__('os').system('echo pwned')}")
+
+
+@pytest.mark.parametrize("container", ["json", "jsonl", "arrow", "disk"])
+def test_all_containers_and_raft_shapes_normalise_alike(tmp_path, container):
+    from datasets import Dataset
+
+    structured = [raft_record({"sentences": [DOCS], "title": [["a", "b", "c"]]})]
+    as_repr = [raft_record(numpy_repr_context(DOCS))]
+    for name, records in (("raft", structured), ("raft-repr", as_repr)):
+        path = tmp_path / f"{name}.{container}"
+        if container == "json":
+            path.write_text(json.dumps(records))
+        elif container == "jsonl":
+            path.write_text("\n".join(json.dumps(r) for r in records))
+        elif container == "arrow":
+            # datasets writes an Arrow stream file into its cache; Dataset.from_file reads exactly that format
+            Dataset.from_list(records).save_to_disk(str(tmp_path / f"{name}-disk"))
+            path = next((tmp_path / f"{name}-disk").glob("*.arrow"))
+        else:
+            Dataset.from_list(records).save_to_disk(str(path))
+        shape, rows, skipped, _ = load_rows(path)
+        assert shape == name and not skipped
+        assert rows[0].documents == DOCS and rows[0].oracle_index == 1 and rows[0].final_answer == "x"
+
+
+def test_bad_rows_name_file_row_and_field_or_are_skipped_and_counted(tmp_path):
+    path = tmp_path / "bad.json"
+    good = raft_record({"sentences": [DOCS]})
+    missing = {k: v for k, v in good.items() if k != "cot_answer"}
+    missing["cot_answer"] = None
+    broken = raft_record("{'sentences': array([[unclosed")
+    path.write_text(json.dumps([good, missing]))
+    with pytest.raises(RaftuneError, match=r"bad.json: row 1: missing field 'cot_answer'"):
+        load_rows(path)
+    path.write_text(json.dumps([raft_record(numpy_repr_context(DOCS)), broken]))
+    with pytest.raises(RaftuneError, match=r"bad.json: row 1: field 'context'"):
+        load_rows(path)
+    report = clean(path, tmp_path / "out", skip_bad=True)
+    assert report["rows_read"] == 2 and report["unreadable_skipped"] == 1
+    assert report["skipped"][0]["row"] == 1 and report["skipped"][0]["field"] == "context"
+    assert report["kept"] + sum(report["rejected"].values()) == 1
+
+
+def test_non_utf8_file_is_named(tmp_path):
+    path = tmp_path / "latin1.json"
+    path.write_bytes('[{"paragraph": "Prüfung"}]'.encode("latin-1"))
+    with pytest.raises(RaftuneError, match="latin1.json: not UTF-8"):
+        load_rows(path)
+
+
+def test_quote_checks():
+    context = 'Die Frist beträgt 14 Tage \nnach der „Anmeldung".'
+    assert quote_status("Die Frist beträgt 14 Tage", [context])[0] == "verbatim"
+    status, exact = quote_status(' "Die Frist beträgt 14 Tage nach der "Anmeldung"." ', [context])
+    assert status == "normalised" and exact == 'Die Frist beträgt 14 Tage \nnach der „Anmeldung".'
+    assert quote_status("Die Frist beträgt 30 Tage", [context])[0] == "missing"
+
+
+def test_clean_repairs_quotes_and_keeps_reasons(tmp_path):
+    rows = [
+        raft_record({"sentences": [DOCS]}),  # verbatim quote: kept
+        raft_record({"sentences": [DOCS]}, question="Welche Quotes?",
+                    cot='##begin_quote## "it\'s   the oracle" ##end_quote## <ANSWER>: y'),  # repairable
+        raft_record({"sentences": [DOCS]}, question="Your request seems unclear. Could you provide a context?"),
+        raft_record({"sentences": [DOCS]}, question="Was gilt sonst?", cot="no marker ##begin_quote##the oracle##end_quote##"),
+        raft_record({"sentences": [DOCS]}),  # duplicate of row 0
+    ]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    plain = clean(path, tmp_path / "plain")
+    assert plain["kept"] == 1
+    assert {k: v for k, v in plain["rejected"].items() if v} == {
+        "quote_not_verbatim": 1, "not_a_question": 1, "no_answer_marker": 1, "duplicate": 1}
+    repaired = clean(path, tmp_path / "repaired", repair=True)
+    assert repaired["kept"] == 2
+    kept = [json.loads(line) for line in (tmp_path / "repaired" / "clean.jsonl").read_text().splitlines()]
+    assert "##begin_quote##it's the oracle##end_quote##" in kept[1]["cot_answer"]
+    assert "| duplicate | 1 |" in (tmp_path / "repaired" / "report.md").read_text()
+
+
+@needs_seed
+def test_inspect_reports_the_seed_files(capsys):
+    expected = {"raft/data.arrow": (452, "raft"), "chatbot-qac-pairs/train.json": (192, "qac"),
+                "chatbot-qac-pairs/validation.json": (48, "qac"), "chatbot-documents/train.json": (140, "paragraphs"),
+                "chatbot-documents/validation.json": (36, "paragraphs")}
+    for name, (rows, shape) in expected.items():
+        assert main(["data", "inspect", "--json", str(SEED / name)]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert (report["rows"], report["shape"]) == (rows, shape)
+        assert report["columns"]
+    assert main(["data", "inspect", "--json", str(SEED / "raft/data.arrow")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["documents_per_row"] == {"4": 452}
+    assert report["oracle_present"] == 0.7898 and report["answer_marker"] == 0.8938
+
+
+@needs_seed
+def test_cleaning_the_seed_raft_rows_is_pinned(tmp_path):
+    report = clean(SEED / "raft" / "data.arrow", tmp_path, repair=True)
+    assert report["rows_read"] == 452 == report["kept"] + sum(report["rejected"].values())
+    assert report["kept"] == 184
+    assert report["rejected"] == {"not_a_question": 127, "oracle_too_short": 2, "no_answer_marker": 2, "no_quote": 82,
+                                  "quote_not_in_context": 54, "quote_not_verbatim": 0, "duplicate": 1, "too_long": 0}
+    assert report["quotes"] == {"total": 335, "verbatim": 30, "normalised": 240, "missing": 65}
