@@ -21,11 +21,23 @@ from raftune import RaftuneError
 class DataConfig:
     corpus: str = "datasets/demo/corpus"  # folder of documents (JSON corpus files, txt, md)
     qac: str | None = "datasets/demo/qac.json"  # question/answer/context triplets the RAFT rows are built from
+    chunk_tokens: int = 200  # PDF chunk size, in tokens of the retrieval embedder (all-MiniLM-L6-v2 reads 256)
+    chunk_overlap: int = 30  # tokens of whole sentences repeated from the previous chunk
     num_distractors: int = 4  # distractor documents per row (4 in the RAFT paper)
     oracle_probability: float = 0.8  # share of rows that contain the oracle document (RAFT's P)
     rows_per_question: int = 1  # RAFT rows per question, each with its own draw of distractors
     eval_fraction: float = 0.2  # held-out share of questions, for eval loss
     seed: int = 0
+    formats: list[str] = field(default_factory=lambda: ["hf", "completion", "chat"])  # JSONL files written
+    # questions and reasoning answers: extractive (offline, deterministic), openai (any OpenAI-compatible API) or
+    # transformers (a local model); questions come from `qac` when it is set, else from the generator
+    generator: str = "extractive"
+    generator_model: str | None = None
+    generator_base_url: str | None = None  # e.g. http://127.0.0.1:8000/v1 for a local server
+    generator_api_key_env: str = "OPENAI_API_KEY"  # the NAME of the variable; the key itself is never stored
+    generator_max_retries: int = 5  # retries with exponential backoff (the openai client's)
+    generator_max_tokens: int = 512
+    questions_per_chunk: int = 1
 
 
 @dataclass

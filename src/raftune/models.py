@@ -14,10 +14,10 @@ from raftune.config import RunConfig
 def resolve_base(config: RunConfig) -> str:
     """A path or hub id that `from_pretrained` accepts."""
     if config.base == "tiny":
-        from raftune.data.corpus import load_corpus, load_qac
+        from raftune.data.corpus import corpus_chunks, load_qac
         from raftune.tiny import TinySpec, tiny_model
 
-        documents = [chunk.text for chunk in load_corpus(config.data.corpus)]
+        documents = [chunk.text for chunk in corpus_chunks(config.data)]
         # Questions and answers of the training triplets join the tokenizer's training text (not the model's
         # pre-training), so prompts tokenise compactly; the test set is never seen.
         extra = [f"{row['question']} {row['answer']}" for row in load_qac(config.data.qac)] if config.data.qac else []

@@ -31,13 +31,19 @@ def _require(obj: dict, key: str, kind, where: str):
 
 
 def load_corpus_json(path: Path) -> list[Chunk]:
-    """The embedded corpus format: {"document", "title", "paragraphs": [{"page", "section", "heading", "text"}]}."""
+    """The embedded corpus format {"document", "title", "paragraphs": [{"page", "section", "heading", "text"}]}, or
+    the seed's paragraph lists [{"paragraph"}] (no pages: page 1)."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise RaftuneError(f"{path}: not valid JSON ({err})") from None
+    except UnicodeDecodeError as err:
+        raise RaftuneError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+    if isinstance(doc, list):
+        return [Chunk(f"{path.stem}/{i}", path.stem, 1, "", _require(para, "paragraph", str, f"{path}: row {i}").strip())
+                for i, para in enumerate(doc) if str(para.get("paragraph", "x")).strip()]
     if not isinstance(doc, dict):
-        raise RaftuneError(f"{path}: expected an object with 'document' and 'paragraphs'")
+        raise RaftuneError(f"{path}: expected an object with 'document' and 'paragraphs', or a list of {{'paragraph'}}")
     name = _require(doc, "document", str, str(path))
     chunks = []
     for i, para in enumerate(_require(doc, "paragraphs", list, str(path))):
@@ -57,7 +63,18 @@ def load_text(path: Path) -> list[Chunk]:
     return [Chunk(f"{path.stem}/{i}", path.stem, 1, "", p) for i, p in enumerate(paragraphs)]
 
 
-def load_corpus(folder: str | Path) -> list[Chunk]:
+def load_pdf(path: Path, size: int, overlap: int) -> list[Chunk]:
+    """Cleaned text (no headers, footers or table of contents) in chunks of `size` embedder tokens."""
+    from raftune.data.pdf import chunk, clean_pages, pdf_pages, sentences
+    from raftune.evaluate.retrieval import embedding_tokenizer
+
+    tokenizer = embedding_tokenizer()
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    pieces = chunk(sentences(clean_pages(pdf_pages(path))), count, size, overlap)
+    return [Chunk(f"{path.stem}/{i}", path.stem, page, section, text) for i, (page, section, text) in enumerate(pieces)]
+
+
+def load_corpus(folder: str | Path, chunk_tokens: int = 200, chunk_overlap: int = 30) -> list[Chunk]:
     folder = Path(folder)
     if not folder.is_dir():
         raise RaftuneError(f"corpus folder not found: {folder}")
@@ -67,8 +84,10 @@ def load_corpus(folder: str | Path) -> list[Chunk]:
             chunks += load_corpus_json(path)
         elif path.suffix in {".txt", ".md"}:
             chunks += load_text(path)
+        elif path.suffix == ".pdf":
+            chunks += load_pdf(path, chunk_tokens, chunk_overlap)
     if not chunks:
-        raise RaftuneError(f"{folder}: no documents found (expected *.json, *.txt or *.md)")
+        raise RaftuneError(f"{folder}: no documents found (expected *.json, *.txt, *.md or *.pdf)")
     return chunks
 
 
@@ -88,3 +107,8 @@ def load_qac(path: str | Path) -> list[dict]:
             if not isinstance(row, dict) or not isinstance(row.get(key), str) or not row[key].strip():
                 raise RaftuneError(f"{path}: row {i}: field '{key}' must be a non-empty string")
     return rows
+
+
+def corpus_chunks(data_config) -> list[Chunk]:
+    """The chunks of a run's corpus, as the config's `data` section describes them."""
+    return load_corpus(data_config.corpus, data_config.chunk_tokens, data_config.chunk_overlap)

@@ -36,18 +36,23 @@ def final_answer(cot_answer: str) -> str:
 
 
 def build_rows(chunks: list[Chunk], qac: list[dict], num_distractors: int, oracle_probability: float,
-               rows_per_question: int, seed: int, source: str = "qac") -> list[dict]:
-    """One or more RAFT rows per QAC triplet, in the gorilla/raft column layout plus normalised fields."""
+               rows_per_question: int, seed: int, source: str = "qac", cot=None, progress: bool = False) -> list[dict]:
+    """One or more RAFT rows per QAC triplet, in the gorilla/raft column layout plus normalised fields.
+
+    `cot(question, answer, oracle_text)` writes the reasoning answer (default: the offline extractive one)."""
+    from tqdm.auto import tqdm
+
+    cot = cot or extractive_answer
     if num_distractors >= len(chunks):
         raise RaftuneError(f"num_distractors={num_distractors} needs more than {len(chunks)} chunks in the corpus")
     by_text = {chunk.text: chunk for chunk in chunks}
     rng = random.Random(seed)
     rows = []
-    for q, item in enumerate(qac):
+    for q, item in enumerate(tqdm(qac, desc="RAFT rows", unit="question", disable=not progress)):
         oracle = by_text.get(item["context"].strip())
         if oracle is None:
             raise RaftuneError(f"{source}: row {q}: field 'context' is not the text of any corpus paragraph")
-        cot = extractive_answer(item["question"], item["answer"], oracle.text)
+        answer = cot(item["question"], item["answer"], oracle.text)
         for r in range(rows_per_question):
             distractors = rng.sample([c for c in chunks if c.id != oracle.id], num_distractors)
             with_oracle = rng.random() < oracle_probability
@@ -60,12 +65,12 @@ def build_rows(chunks: list[Chunk], qac: list[dict], num_distractors: int, oracl
                 "question": item["question"],
                 "context": {"sentences": [texts], "title": [[d.id for d in docs]]},
                 "oracle_context": oracle.text,
-                "cot_answer": cot,
+                "cot_answer": answer,
                 "instruction": user_message(item["question"], texts),
                 # normalised fields
                 "documents": texts,
                 "oracle_index": docs.index(oracle) if with_oracle else None,
-                "answer": item["answer"],
+                "answer": item["answer"] if item["answer"] is not None else final_answer(answer),
                 "question_index": q,
                 "document": oracle.document,
                 "page": oracle.page,

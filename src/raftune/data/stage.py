@@ -1,33 +1,66 @@
-"""`raftune data build`: corpus + QAC triplets -> RAFT rows (Arrow via datasets, and JSONL) with a manifest."""
+"""`raftune data build`: documents -> chunks -> questions and answers -> RAFT rows, in three formats, with a manifest.
+
+Formats (each train/eval JSONL, plus the `hf` rows as an Arrow `save_to_disk` folder that training reads):
+  hf          gorilla/raft columns (id, type, question, context, oracle_context, cot_answer, instruction) and
+              raftune's normalised fields (documents, oracle_index, answer, ...)
+  completion  {"prompt", "completion"}: the user turn and the reasoning answer
+  chat        {"messages": [user, assistant]}
+"""
 
 from __future__ import annotations
 
 from datasets import Dataset, DatasetDict
 from datasets.utils.logging import disable_progress_bar
+from tqdm.auto import tqdm
 
+from raftune.chat import messages
 from raftune.config import RunConfig
-from raftune.data.corpus import load_corpus, load_qac
+from raftune.data.corpus import corpus_chunks, load_qac
+from raftune.data.generators import make_generator
 from raftune.data.raft import build_rows, split_by_question
 from raftune.manifest import Stage, write_jsonl
 
 
+def generate_triplets(chunks, generator, per_chunk: int) -> list[dict]:
+    """Questions from the generator for every chunk (used when the config names no QAC file)."""
+    triplets = []
+    for chunk in tqdm(chunks, desc=f"questions ({generator.name})", unit="chunk"):
+        for item in generator.questions(chunk, per_chunk):
+            triplets.append({**item, "context": chunk.text, "document": chunk.document, "page": chunk.page})
+    return triplets
+
+
+def formats(rows: list[dict]) -> dict[str, list[dict]]:
+    return {
+        "hf": rows,
+        "completion": [{"prompt": r["instruction"], "completion": r["cot_answer"]} for r in rows],
+        "chat": [{"messages": messages(r["question"], r["documents"], r["cot_answer"])} for r in rows],
+    }
+
+
 def run(config: RunConfig):
     cfg = config.data
-    stage = Stage(config, "data", {"corpus": cfg.corpus, "qac": cfg.qac})
-    chunks = load_corpus(cfg.corpus)
-    qac = load_qac(cfg.qac)
-    rows = build_rows(chunks, qac, cfg.num_distractors, cfg.oracle_probability, cfg.rows_per_question,
-                      cfg.seed, source=cfg.qac)
+    stage = Stage(config, "data", {"corpus": cfg.corpus, "qac": cfg.qac, "generator": cfg.generator,
+                                   "generator_model": cfg.generator_model})
+    chunks = corpus_chunks(cfg)
+    # the cache lives beside the run's data, so a rerun of the same run resumes where an interrupted one stopped
+    generator = make_generator(cfg, stage.dir / "generator_cache.jsonl")
+    qac = load_qac(cfg.qac) if cfg.qac else generate_triplets(chunks, generator, cfg.questions_per_chunk)
+    rows = build_rows(chunks, qac, cfg.num_distractors, cfg.oracle_probability, cfg.rows_per_question, cfg.seed,
+                      source=cfg.qac or cfg.generator, cot=generator.cot_answer, progress=True)
     train, evaluation = split_by_question(rows, cfg.eval_fraction, cfg.seed)
 
     write_jsonl(stage.dir / "chunks.jsonl", [c.to_dict() for c in chunks])
-    write_jsonl(stage.dir / "raft_train.jsonl", train)
-    write_jsonl(stage.dir / "raft_eval.jsonl", evaluation)
+    for name in cfg.formats:
+        for split, split_rows in (("train", train), ("eval", evaluation)):
+            write_jsonl(stage.dir / f"{name}_{split}.jsonl", formats(split_rows)[name])
     disable_progress_bar()  # a bar per split for a few hundred rows is noise
     DatasetDict({"train": Dataset.from_list(train), "eval": Dataset.from_list(evaluation)}).save_to_disk(
         str(stage.dir / "raft"))
-    stage.outputs = {"chunks": len(chunks), "train_rows": len(train), "eval_rows": len(evaluation),
-                     "with_oracle": sum(r["oracle_index"] is not None for r in rows), "dataset": str(stage.dir / "raft")}
+    stage.outputs = {"chunks": len(chunks), "questions": len(qac), "train_rows": len(train),
+                     "eval_rows": len(evaluation), "with_oracle": sum(r["oracle_index"] is not None for r in rows),
+                     "generator_calls": generator.calls, "formats": cfg.formats, "dataset": str(stage.dir / "raft")}
     stage.finish()
-    print(f"data: {len(chunks)} chunks, {len(train)} train / {len(evaluation)} eval RAFT rows -> {stage.dir}")
+    print(f"data: {len(chunks)} chunks, {len(qac)} questions, {len(train)} train / {len(evaluation)} eval RAFT rows "
+          f"-> {stage.dir}")
     return stage.dir

@@ -16,6 +16,13 @@ def embedding_model_path(name: str) -> str:
     return name
 
 
+def embedding_tokenizer(name: str = "all-MiniLM-L6-v2"):
+    """The embedder's own tokenizer: chunk sizes are counted in it, so no chunk is longer than the embedder reads."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(embedding_model_path(name))
+
+
 def load_embedder(name: str):
     from sentence_transformers import SentenceTransformer
 

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from raftune import RaftuneError
 from raftune.chat import render_prompt
 from raftune.config import RunConfig
-from raftune.data.corpus import load_corpus
+from raftune.data.corpus import corpus_chunks
 from raftune.evaluate.metrics import cosine, keyword_score, rouge_l, weighted_average
 from raftune.evaluate.providers import GGUFProvider, HFProvider
 from raftune.evaluate.retrieval import Retriever, load_embedder
@@ -49,7 +49,7 @@ def run(config: RunConfig, models: list[dict] | None = None):
     stage = Stage(config, "evaluate", {"testset": cfg.testset, "corpus": config.data.corpus,
                                        "models": models, "top_k": cfg.top_k})
     embedder = load_embedder(cfg.embedding_model)
-    contexts = Retriever(embedder, load_corpus(config.data.corpus)).search([i.question for i in items], cfg.top_k)
+    contexts = Retriever(embedder, corpus_chunks(config.data)).search([i.question for i in items], cfg.top_k)
     rows = []
     for spec in models:
         tokenizer = load_tokenizer(spec["tokenizer"])
