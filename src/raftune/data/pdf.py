@@ -59,9 +59,22 @@ def sentences(pages: list[list[str]]):
                 yield number, section, sentence.strip()
 
 
+def _fit(sentence: str, count_tokens, size: int) -> list[str]:
+    """A sentence longer than `size` tokens (tables, lists without full stops) cut between words."""
+    pieces, current = [], []
+    for word in sentence.split():
+        if current and count_tokens(" ".join(current + [word])) > size:
+            pieces.append(" ".join(current))
+            current = []
+        current.append(word)
+    return pieces + [" ".join(current)]
+
+
 def chunk(units, count_tokens, size: int, overlap: int) -> list[tuple[int, str, str]]:
     """Greedy chunks of whole sentences up to `size` tokens; each starts with the previous chunk's last sentences
-    that fit in `overlap` tokens. A single sentence longer than `size` becomes its own chunk."""
+    that fit in `overlap` tokens. A sentence longer than `size` is cut between words first."""
+    units = [(page, section, piece) for page, section, sentence in units
+             for piece in ([sentence] if count_tokens(sentence) <= size else _fit(sentence, count_tokens, size))]
     chunks, current = [], []  # current: [(page, section, sentence, tokens)]
     for page, section, sentence in units:
         tokens = count_tokens(sentence)
