@@ -25,6 +25,19 @@ def test_results_table_has_one_row_per_model(mini_run):
     assert (config.stage_dir("train") / "loss.png").is_file()
 
 
+def test_data_formats_and_token_lengths(mini_run):
+    config, _ = mini_run
+    data = config.stage_dir("data")
+    counts = {name: len((data / f"{name}_train.jsonl").read_text().splitlines()) for name in ("hf", "completion", "chat")}
+    # 6 QAC x 2 rows per question, one of 6 questions (eval_fraction 0.2 -> round(1.2) = 1) held out
+    assert counts == {"hf": 10, "completion": 10, "chat": 10}
+    chat = json.loads((data / "chat_train.jsonl").read_text().splitlines()[0])
+    assert [m["role"] for m in chat["messages"]] == ["user", "assistant"]
+    report = json.loads((config.stage_dir("train") / "token_report.json").read_text())["train"]
+    assert len(report["prompt_lengths"]) == len(report["completion_lengths"]) == 10
+    assert (config.stage_dir("train") / "lengths.png").is_file()
+
+
 def test_f16_gguf_answers_like_the_hf_model(mini_run):
     """Greedy decoding through llama.cpp f16 reproduces the HF model's answers on the mini test set."""
     config, _ = mini_run

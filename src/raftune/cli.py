@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("path", help="the data file or folder")
     inspect.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     inspect.add_argument("--tokenizer", help="tokenizer folder or hub id for token lengths (default: none, no lengths)")
+    inspect.add_argument("--plot", help="with --tokenizer: write a histogram of prompt and completion tokens here")
     clean = data_sub.add_parser(
         "clean", help="check every RAFT row and write the kept rows and a report",
         description="Reject RAFT rows that are not questions, quote text not in the context, lack <ANSWER>:, ...; "
@@ -76,7 +77,7 @@ def _data_tool(args) -> int:
     if args.data_command == "inspect":
         from raftune.data.inspect import format_report, inspect
 
-        report = inspect(args.path, tokenizer)
+        report = inspect(args.path, tokenizer, args.plot)
         print(json.dumps(report, ensure_ascii=False) if args.json else format_report(report))
     else:
         from raftune.data.clean import clean

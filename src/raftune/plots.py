@@ -51,6 +51,23 @@ def loss_curve(log_path: Path, path: Path) -> Path | None:
     return path
 
 
+def length_histogram(lengths: dict[str, list[int]], path: Path, max_length: int | None = None) -> Path:
+    """Token lengths of prompts and completions (the seed notebooks' length plot), with the training budget."""
+    fig, axes = plt.subplots(1, len(lengths), figsize=(4.5 * len(lengths), 3.2), squeeze=False)
+    for ax, (name, values) in zip(axes[0], lengths.items()):
+        ax.hist(values, bins=30, color="tab:blue")
+        if max_length and name == "prompt":
+            ax.axvline(max_length, color="tab:red", linestyle="--", label=f"max_length {max_length}")
+            ax.legend()
+        ax.set_xlabel(f"{name} tokens")
+        ax.set_ylabel("rows")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def run(config):
     summary_path = config.stage_dir("evaluate") / "summary.csv"
     if not summary_path.is_file():

@@ -15,13 +15,15 @@ from raftune.chat import encode, render_example
 
 def tokenize_rows(rows, tokenizer, max_length: int) -> tuple[Dataset, dict]:
     features = {"input_ids": [], "completion_mask": []}
-    dropped = []
+    dropped, prompt_lengths, completion_lengths = [], [], []
     for row in rows:
         prompt, completion = render_example(tokenizer, row["question"], row["documents"], row["cot_answer"])
         prompt_ids = encode(tokenizer, prompt)
         ids = encode(tokenizer, prompt + completion)
         if ids[:len(prompt_ids)] != prompt_ids:
             raise ValueError(f"row {row['id']}: prompt tokens change when the completion follows; masking would be wrong")
+        prompt_lengths.append(len(prompt_ids))
+        completion_lengths.append(len(ids) - len(prompt_ids))
         if len(ids) > max_length:
             dropped.append(row["id"])
             continue
@@ -30,5 +32,7 @@ def tokenize_rows(rows, tokenizer, max_length: int) -> tuple[Dataset, dict]:
     lengths = [len(ids) for ids in features["input_ids"]]
     report = {"rows": len(rows), "kept": len(lengths), "dropped_too_long": len(dropped), "dropped_ids": dropped,
               "max_length": max_length, "max_tokens": max(lengths, default=0),
-              "mean_tokens": round(sum(lengths) / max(1, len(lengths)), 1)}
+              "mean_tokens": round(sum(lengths) / max(1, len(lengths)), 1),
+              # every row, dropped ones included: the histogram shows what the budget cut off
+              "prompt_lengths": prompt_lengths, "completion_lengths": completion_lengths}
     return Dataset.from_dict(features), report

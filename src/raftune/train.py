@@ -82,11 +82,13 @@ def run(config: RunConfig):
     adapter_dir = stage.dir / "adapter"
     trainer.model.save_pretrained(str(adapter_dir))
     save_tokenizer(tokenizer, base, adapter_dir)  # carries the chat template used in training
-    from raftune.plots import loss_curve
+    from raftune.plots import length_histogram, loss_curve
 
     loss_curve(stage.dir / "loss.jsonl", stage.dir / "loss.png")
+    length_histogram({"prompt": train_report["prompt_lengths"], "completion": train_report["completion_lengths"]},
+                     stage.dir / "lengths.png", sft["max_length"])
     stage.outputs = {"adapter": str(adapter_dir), "train_loss": result.training_loss,
-                     "steps": result.global_step, "train_tokens": train_report, "eval_tokens": eval_report}
+                     "steps": result.global_step}
     write_json(stage.dir / "token_report.json", {"train": train_report, "eval": eval_report})
     stage.finish()
     print(f"train: {result.global_step} steps, loss {result.training_loss:.3f} -> {adapter_dir}")

@@ -24,7 +24,7 @@ def percentiles(values: list[int]) -> dict[str, int]:
     return {f"p{q}": int(np.percentile(values, q)) for q in (50, 90, 99)} | {"max": int(max(values))}
 
 
-def inspect(path: str | Path, tokenizer=None) -> dict:
+def inspect(path: str | Path, tokenizer=None, plot: str | Path | None = None) -> dict:
     shape, rows, _, columns = load_rows(path)
     report = {
         "path": str(path), "rows": len(rows), "shape": shape, "columns": columns,
@@ -36,6 +36,10 @@ def inspect(path: str | Path, tokenizer=None) -> dict:
     if tokenizer is not None:
         lengths = token_lengths(rows, tokenizer)
         report["tokens"] = {name: percentiles(values) for name, values in lengths.items()}
+        if plot:
+            from raftune.plots import length_histogram
+
+            report["plot"] = str(length_histogram(lengths, Path(plot)))
     return report
 
 
