@@ -21,7 +21,7 @@ def test_raft_rows_exact_counts_and_verbatim_quotes():
     rows = build_rows(chunks, qac, num_distractors=2, oracle_probability=1.0, rows_per_question=2, seed=0)
     assert len(rows) == 12
     for row in rows:
-        assert len(row["documents"]) == 2  # oracle replaces one of the two distractors
+        assert len(row["documents"]) == 3  # the oracle and two distractors, as gorilla/raft lays them out
         assert row["documents"][row["oracle_index"]] == row["oracle_context"]
         quote = row["cot_answer"].split("##begin_quote##")[1].split("##end_quote##")[0]
         assert quote in row["oracle_context"]
@@ -33,6 +33,7 @@ def test_oracle_probability_zero_leaves_oracle_out():
     chunks, qac = load_corpus(MINI / "corpus"), load_qac(MINI / "qac.json")
     rows = build_rows(chunks, qac, num_distractors=2, oracle_probability=0.0, rows_per_question=1, seed=0)
     assert all(r["oracle_index"] is None and r["oracle_context"] not in r["documents"] for r in rows)
+    assert all(len(r["documents"]) == 3 for r in rows)  # a third distractor takes the oracle's place
 
 
 def test_split_is_by_question():

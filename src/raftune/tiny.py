@@ -25,7 +25,7 @@ from dataclasses import dataclass, asdict
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from raftune.chat import INSTRUCTION, MISTRAL_CHAT_TEMPLATE
 

@@ -40,11 +40,12 @@ def build_rows(chunks: list[Chunk], qac: list[dict], num_distractors: int, oracl
     """One or more RAFT rows per QAC triplet, in the gorilla/raft column layout plus normalised fields.
 
     `cot(question, answer, oracle_text)` writes the reasoning answer (default: the offline extractive one)."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     cot = cot or extractive_answer
-    if num_distractors >= len(chunks):
-        raise RaftuneError(f"num_distractors={num_distractors} needs more than {len(chunks)} chunks in the corpus")
+    if num_distractors + 2 > len(chunks):
+        raise RaftuneError(f"num_distractors={num_distractors} needs at least {num_distractors + 2} chunks in the "
+                           f"corpus, found {len(chunks)}")
     by_text = {chunk.text: chunk for chunk in chunks}
     rng = random.Random(seed)
     rows = []
@@ -54,7 +55,8 @@ def build_rows(chunks: list[Chunk], qac: list[dict], num_distractors: int, oracl
             raise RaftuneError(f"{source}: row {q}: field 'context' is not the text of any corpus paragraph")
         answer = cot(item["question"], item["answer"], oracle.text)
         for r in range(rows_per_question):
-            distractors = rng.sample([c for c in chunks if c.id != oracle.id], num_distractors)
+            # gorilla/raft's layout: 1 + num_distractors documents per row; without the oracle, one more distractor
+            distractors = rng.sample([c for c in chunks if c.id != oracle.id], num_distractors + 1)
             with_oracle = rng.random() < oracle_probability
             docs = distractors[:-1] + [oracle] if with_oracle else distractors
             rng.shuffle(docs)

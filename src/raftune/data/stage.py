@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datasets import Dataset, DatasetDict
 from datasets.utils.logging import disable_progress_bar
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from raftune.chat import messages
 from raftune.config import RunConfig
