@@ -10,7 +10,8 @@ from raftune import RaftuneError
 DEFAULT_CONFIG = "configs/demo-tiny.yaml"
 
 STAGES = {
-    "train": "QLoRA supervised finetuning with trl's SFTTrainer (runs/<run>/train)",
+    "train": "QLoRA finetuning: train.approach docs|qac (transformers Trainer) or raft (trl SFTTrainer) "
+             "(runs/<run>/train)",
     "merge": "fold the LoRA adapter into the full-precision base (runs/<run>/merge)",
     "export": "convert the merged model to GGUF with llama.cpp's converter (runs/<run>/export)",
     "evaluate": "answer the test set with every model of the run and score it (runs/<run>/evaluate)",
@@ -62,7 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--tokenizer", help="tokenizer folder or hub id for the token budget check")
     clean.add_argument("--max-tokens", type=int, help="token budget of question + documents + answer")
     for name, text in STAGES.items():
-        _add_config_args(sub.add_parser(name, help=text, description=text))
+        stage = sub.add_parser(name, help=text, description=text)
+        _add_config_args(stage)
+        if name == "train":
+            stage.add_argument("--resume", action="store_true",
+                               help="continue from the newest checkpoint in runs/<run>/train/checkpoints (after a "
+                                    "crash or kill; needs sft.save_strategy=steps)")
     return parser
 
 
@@ -108,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from raftune.pipeline import STAGES as RUNNERS
 
-            dict(RUNNERS)[args.command](config)
+            runner = dict(RUNNERS)[args.command]
+            runner(config, resume=True) if getattr(args, "resume", False) else runner(config)
     except RaftuneError as err:
         print(f"raftune: error: {err}", file=sys.stderr)
         return 2

@@ -41,6 +41,17 @@ class DataConfig:
 
 
 @dataclass
+class TrainConfig:
+    # What the model learns from (the seed's four approaches; the fourth is raft with sft.completion_only_loss):
+    #   docs  continued training on the corpus paragraphs, transformers.Trainer, labels = input ids
+    #   qac   instruction tuning on question/answer/context triplets, transformers.Trainer, prompt masked
+    #   raft  trl SFTTrainer on RAFT rows with chain-of-thought answers
+    approach: str = "raft"
+    sample_prompts: int = 3  # held-out prompts answered at every evaluation, saved to samples.jsonl
+    sample_max_new_tokens: int = 48
+
+
+@dataclass
 class ExportConfig:
     types: list[str] = field(default_factory=lambda: ["f16", "q8_0"])
 
@@ -62,7 +73,8 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     quantization: dict = field(default_factory=dict)  # BitsAndBytesConfig kwargs; empty: train in 16/32 bit
     lora: dict = field(default_factory=dict)  # LoraConfig kwargs
-    sft: dict = field(default_factory=dict)  # SFTConfig kwargs
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sft: dict = field(default_factory=dict)  # SFTConfig kwargs (a TrainingArguments; the Trainer recipes use those)
     export: ExportConfig = field(default_factory=ExportConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
@@ -70,7 +82,7 @@ class RunConfig:
         return Path(self.runs_dir) / self.run / stage
 
 
-_SECTIONS = {"data": DataConfig, "export": ExportConfig, "evaluate": EvaluateConfig}
+_SECTIONS = {"data": DataConfig, "train": TrainConfig, "export": ExportConfig, "evaluate": EvaluateConfig}
 
 
 def _library_fields() -> dict[str, set[str]]:

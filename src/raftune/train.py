@@ -1,39 +1,73 @@
-"""`raftune train`: QLoRA (or LoRA) supervised finetuning on RAFT rows with trl's SFTTrainer.
+"""`raftune train`: QLoRA (or LoRA) finetuning in one of the seed's four approaches, on one code path.
 
-Loss is on the completion only by default (the prompt tokens are masked with -100 by trl's collator, from the
-`completion_mask` that `sft_data.tokenize_rows` builds); padding is masked by position, never by token id, so
-EOS stays a label even where it doubles as the pad token.
+  train.approach: docs  continued training on paragraphs         transformers.Trainer, labels = input ids
+  train.approach: qac   instruction tuning on QAC triplets        transformers.Trainer, prompt masked
+  train.approach: raft  RAFT rows with chain-of-thought answers   trl SFTTrainer; sft.completion_only_loss picks
+                                                                  loss on the completion only or on everything
+
+Every example is tokenised by `sft_data` (one BOS, EOS in the labels, too-long rows counted); padding is masked by
+position, never by token id. The adapter folder gets the weights, the tokenizer with the chat template used in
+training, the resolved config and the metrics.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from pathlib import Path
 
-from datasets import load_from_disk
 from transformers import TrainerCallback
 
 from raftune import RaftuneError
-from raftune.config import RunConfig
-from raftune.manifest import Stage, write_json
+from raftune.config import RunConfig, config_to_dict
+from raftune.manifest import Stage, write_json, write_text
 from raftune.models import base_provenance, load_model, load_tokenizer, resolve_base, save_tokenizer
-from raftune.sft_data import tokenize_rows
+from raftune.sft_data import MaskedCollator, check_columns, tokenize_rows
 
 # Defaults that raftune needs whatever the recipe says; the recipe's `sft:` section overrides the rest.
 SFT_DEFAULTS = {"bf16": False, "completion_only_loss": True, "max_length": 2048, "report_to": "none", "logging_steps": 5,
                 "save_strategy": "no", "eval_strategy": "no", "seed": 0, "data_seed": 0}
+APPROACHES = ("docs", "qac", "raft")
 
 
 class JsonlLossLog(TrainerCallback):
     """Appends every log record (loss, eval_loss, learning rate) to a JSONL file as training goes."""
 
-    def __init__(self, path):
+    def __init__(self, path: Path, resume: bool = False):
         self.path = path
-        self.path.write_text("")
+        if not resume or not path.exists():
+            self.path.write_text("")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         with self.path.open("a") as handle:
             handle.write(json.dumps({"step": state.global_step, "time": round(time.time(), 2), **(logs or {})}) + "\n")
+
+
+class SampleGenerations(TrainerCallback):
+    """At every evaluation, greedy answers to a few held-out prompts, appended to samples.jsonl."""
+
+    def __init__(self, path: Path, tokenizer, prompts: list[str], max_new_tokens: int):
+        self.path, self.tokenizer, self.prompts, self.max_new_tokens = path, tokenizer, prompts, max_new_tokens
+
+    def on_evaluate(self, args, state, control, model=None, **kwargs):
+        import torch
+
+        from raftune.chat import encode
+
+        was_training = model.training
+        model.eval()
+        records = []
+        for prompt in self.prompts:
+            ids = torch.tensor([encode(self.tokenizer, prompt)], device=model.device)
+            with torch.no_grad():
+                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                     max_new_tokens=self.max_new_tokens, pad_token_id=self.tokenizer.eos_token_id)
+            records.append({"step": state.global_step, "prompt": prompt[-200:],
+                            "generation": self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=False)})
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        model.train(was_training)
 
 
 def build_model(base: str, config: RunConfig):
@@ -46,29 +80,81 @@ def build_model(base: str, config: RunConfig):
     return get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **config.lora))
 
 
-def make_trainer(config: RunConfig, base: str, tokenizer, train_set, eval_set, out_dir):
-    from trl import SFTConfig, SFTTrainer
+def training_arguments(config: RunConfig, out_dir: Path):
+    """SFTConfig for the SFTTrainer approach; for Trainer approaches the TrainingArguments part of the same keys."""
+    from transformers import TrainingArguments
+    from trl import SFTConfig
+
+    values = {**SFT_DEFAULTS, **config.sft, "output_dir": str(out_dir / "checkpoints")}
+    if config.train.approach == "raft":
+        return SFTConfig(**values)
+    known = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return TrainingArguments(**{k: v for k, v in values.items() if k in known})
+
+
+def make_trainer(config: RunConfig, base: str, tokenizer, train_set, eval_set, out_dir: Path, callbacks=()):
+    from transformers import Trainer
+    from trl import SFTTrainer
 
     model = build_model(base, config)
     trainable, total = model.get_nb_trainable_parameters()
-    print(f"train: {len(train_set)} rows, LoRA {trainable:,} trainable of {total:,} parameters, base {base}")
-    args = SFTConfig(output_dir=str(out_dir / "checkpoints"), **{**SFT_DEFAULTS, **config.sft})
-    return SFTTrainer(model=model, args=args, train_dataset=train_set,
-                      eval_dataset=eval_set if len(eval_set) else None, processing_class=tokenizer,
-                      callbacks=[JsonlLossLog(out_dir / "loss.jsonl")])
+    print(f"train: approach {config.train.approach}, {len(train_set)} rows, LoRA {trainable:,} trainable of "
+          f"{total:,} parameters, base {base}")
+    args = training_arguments(config, out_dir)
+    eval_set = eval_set if eval_set is not None and len(eval_set) else None
+    if config.train.approach == "raft":
+        return SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                          processing_class=tokenizer, callbacks=list(callbacks))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                   data_collator=MaskedCollator(pad), callbacks=list(callbacks))
 
 
-def run(config: RunConfig):
-    data_dir = config.stage_dir("data") / "raft"
-    if not data_dir.is_dir():
-        raise RaftuneError(f"no RAFT dataset at {data_dir}; run `raftune data build` first")
+def load_examples(config: RunConfig) -> dict[str, list[dict]]:
+    """The train and eval examples of the configured approach, from the data stage's files."""
+    import datasets
+
+    approach = config.train.approach
+    if approach not in APPROACHES:
+        raise RaftuneError(f"train.approach must be one of {', '.join(APPROACHES)}, got '{approach}'")
+    data_dir = config.stage_dir("data")
+    splits = {}
+    for split in ("train", "eval"):
+        if approach == "raft":
+            path = data_dir / "raft"
+            if not path.is_dir():
+                raise RaftuneError(f"no RAFT dataset at {path}; run `raftune data build` first")
+            rows = datasets.load_from_disk(str(path))[split]
+        else:
+            path = data_dir / f"{approach}_{split}.jsonl"
+            if not path.is_file():
+                raise RaftuneError(f"no {approach} examples at {path}; run `raftune data build` first")
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if split == "train" or len(rows):
+            check_columns(rows, approach, str(path))
+        splits[split] = rows
+    return splits
+
+
+def sample_prompts(config: RunConfig, tokenizer, rows) -> list[str]:
+    from raftune.chat import render_prompt
+
+    rows = list(rows)[: config.train.sample_prompts]
+    if config.train.approach == "docs":  # continued pre-training: continue the first words of a held-out paragraph
+        return [tokenizer.bos_token + " ".join(r["text"].split()[:12]) for r in rows]
+    return [render_prompt(tokenizer, r["question"], r["documents"] if "documents" in r else [r["context"]])
+            for r in rows]
+
+
+def run(config: RunConfig, resume: bool = False):
+    examples = load_examples(config)  # fails on a missing file or column before any model is loaded
     base = resolve_base(config)
-    stage = Stage(config, "train", {"dataset": str(data_dir), **base_provenance(base)})
+    stage = Stage(config, "train", {"approach": config.train.approach, "data": str(config.stage_dir("data")),
+                                    **base_provenance(base)})
     tokenizer = load_tokenizer(base)
     sft = {**SFT_DEFAULTS, **config.sft}
-    dataset = load_from_disk(str(data_dir))
-    train_set, train_report = tokenize_rows(dataset["train"], tokenizer, sft["max_length"])
-    eval_set, eval_report = tokenize_rows(dataset["eval"], tokenizer, sft["max_length"])
+    train_set, train_report = tokenize_rows(examples["train"], tokenizer, sft["max_length"], config.train.approach)
+    eval_set, eval_report = tokenize_rows(examples["eval"], tokenizer, sft["max_length"], config.train.approach)
     for name, report in (("train", train_report), ("eval", eval_report)):
         if report["dropped_too_long"]:
             print(f"train: dropped {report['dropped_too_long']} of {report['rows']} {name} rows longer than "
@@ -76,19 +162,36 @@ def run(config: RunConfig):
     if not len(train_set):
         raise RaftuneError(f"no training rows left after dropping rows over max_length={sft['max_length']}")
 
-    trainer = make_trainer(config, base, tokenizer, train_set, eval_set, stage.dir)
-    result = trainer.train()
+    callbacks = [JsonlLossLog(stage.dir / "loss.jsonl", resume)]
+    if config.train.sample_prompts and len(examples["eval"]):
+        if not resume:
+            (stage.dir / "samples.jsonl").write_text("")
+        callbacks.append(SampleGenerations(stage.dir / "samples.jsonl", tokenizer,
+                                           sample_prompts(config, tokenizer, examples["eval"]),
+                                           config.train.sample_max_new_tokens))
+    trainer = make_trainer(config, base, tokenizer, train_set, eval_set, stage.dir, callbacks)
+    checkpoints = sorted((stage.dir / "checkpoints").glob("checkpoint-*"))
+    if resume and not checkpoints:
+        print(f"train: --resume given but no checkpoint in {stage.dir / 'checkpoints'}; starting from step 0")
+    result = trainer.train(resume_from_checkpoint=bool(resume and checkpoints))
 
     adapter_dir = stage.dir / "adapter"
     trainer.model.save_pretrained(str(adapter_dir))
     save_tokenizer(tokenizer, base, adapter_dir)  # carries the chat template used in training
+    evals = [log for log in trainer.state.log_history if "eval_loss" in log]
+    metrics = {"train_loss": result.training_loss, "steps": result.global_step, **result.metrics,
+               **({"eval_loss": evals[-1]["eval_loss"], "eval_step": evals[-1]["step"]} if evals else {})}
+    write_json(adapter_dir / "metrics.json", metrics)
+    import yaml
+
+    write_text(adapter_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True))
+
     from raftune.plots import length_histogram, loss_curve
 
     loss_curve(stage.dir / "loss.jsonl", stage.dir / "loss.png")
     length_histogram({"prompt": train_report["prompt_lengths"], "completion": train_report["completion_lengths"]},
                      stage.dir / "lengths.png", sft["max_length"])
-    stage.outputs = {"adapter": str(adapter_dir), "train_loss": result.training_loss,
-                     "steps": result.global_step}
+    stage.outputs = {"adapter": str(adapter_dir), **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
     write_json(stage.dir / "token_report.json", {"train": train_report, "eval": eval_report})
     stage.finish()
     print(f"train: {result.global_step} steps, loss {result.training_loss:.3f} -> {adapter_dir}")

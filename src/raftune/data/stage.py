@@ -9,6 +9,8 @@ Formats (each train/eval JSONL, plus the `hf` rows as an Arrow `save_to_disk` fo
 
 from __future__ import annotations
 
+import random
+
 from datasets import Dataset, DatasetDict
 from datasets.utils.logging import disable_progress_bar
 from tqdm import tqdm
@@ -51,6 +53,16 @@ def run(config: RunConfig):
     train, evaluation = split_by_question(rows, cfg.eval_fraction, cfg.seed)
 
     write_jsonl(stage.dir / "chunks.jsonl", [c.to_dict() for c in chunks])
+    # the inputs of the other training approaches, split the same way: QAC by the same held-out questions,
+    # paragraphs by the same fraction
+    held_out = {r["question_index"] for r in evaluation}
+    for split, keep in (("train", lambda i: i not in held_out), ("eval", lambda i: i in held_out)):
+        write_jsonl(stage.dir / f"qac_{split}.jsonl", [{"id": f"q{i}", **item} for i, item in enumerate(qac) if keep(i)])
+    rng = random.Random(cfg.seed)
+    eval_chunks = set(rng.sample(range(len(chunks)), round(len(chunks) * cfg.eval_fraction)))
+    for split, wanted in (("train", False), ("eval", True)):
+        write_jsonl(stage.dir / f"docs_{split}.jsonl", [{"id": c.id, "text": c.text} for i, c in enumerate(chunks)
+                                                         if (i in eval_chunks) == wanted])
     for name in cfg.formats:
         for split, split_rows in (("train", train), ("eval", evaluation)):
             write_jsonl(stage.dir / f"{name}_{split}.jsonl", formats(split_rows)[name])
