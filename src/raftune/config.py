@@ -163,14 +163,34 @@ def config_from_dict(raw: dict, source: str = "<config>") -> RunConfig:
     return RunConfig(**kwargs)
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
-    path = Path(path)
+def _merge(base: dict, over: dict) -> dict:
+    merged = dict(base)
+    for key, value in over.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def _read_yaml(path: Path, seen: tuple = ()) -> dict:
+    """A recipe, with `extends: other.yaml` (relative to this file) merged underneath it, section by section."""
     if not path.is_file():
-        raise RaftuneError(f"config file not found: {path}")
+        raise RaftuneError(f"config file not found: {path}" + (f" (extended by {seen[-1]})" if seen else ""))
     try:
         raw = _numbers(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
     except yaml.YAMLError as err:
         raise RaftuneError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    if isinstance(raw, dict) and "extends" in raw:
+        parent = path.parent / raw.pop("extends")
+        if parent.resolve() in seen:
+            raise RaftuneError(f"{path}: 'extends' loops back to {parent}")
+        raw = _merge(_read_yaml(parent, (*seen, path.resolve())), raw)
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise RaftuneError(f"config file not found: {path}")
+    raw = _read_yaml(path)
     for override in overrides:
         apply_override(raw, override, str(path))
     return config_from_dict(raw, str(path))

@@ -89,7 +89,8 @@ def training_arguments(config: RunConfig, out_dir: Path):
     if config.train.approach == "raft":
         return SFTConfig(**values)
     known = {f.name for f in dataclasses.fields(TrainingArguments)}
-    return TrainingArguments(**{k: v for k, v in values.items() if k in known})
+    # completion_mask is not an argument of the model's forward; Trainer would drop it before the collator sees it
+    return TrainingArguments(**{k: v for k, v in values.items() if k in known}, remove_unused_columns=False)
 
 
 def make_trainer(config: RunConfig, base: str, tokenizer, train_set, eval_set, out_dir: Path, callbacks=()):
