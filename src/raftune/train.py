@@ -97,6 +97,11 @@ def make_trainer(config: RunConfig, base: str, tokenizer, train_set, eval_set, o
     from transformers import Trainer
     from trl import SFTTrainer
 
+    from transformers import set_seed
+
+    # LoRA's A matrices are drawn when the adapter is created, before the Trainer seeds anything: seed here, or two
+    # runs of one recipe differ from their first update on (B starts at zero, so the first loss hides it)
+    set_seed({**SFT_DEFAULTS, **config.sft}["seed"])
     model = build_model(base, config)
     trainable, total = model.get_nb_trainable_parameters()
     print(f"train: approach {config.train.approach}, {len(train_set)} rows, LoRA {trainable:,} trainable of "
@@ -104,8 +109,15 @@ def make_trainer(config: RunConfig, base: str, tokenizer, train_set, eval_set, o
     args = training_arguments(config, out_dir)
     eval_set = eval_set if eval_set is not None and len(eval_set) else None
     if config.train.approach == "raft":
-        return SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                          processing_class=tokenizer, callbacks=list(callbacks))
+        trainer = SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                             processing_class=tokenizer, callbacks=list(callbacks))
+        # trl casts QLoRA adapter weights to bf16; resuming from a checkpoint then loads them through peft, which
+        # casts them back to fp32, so a resumed run would continue in another precision than it started in. Keep
+        # them in peft's fp32 from the start (they are a few MB), and a resumed run matches an uninterrupted one.
+        for param in trainer.model.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
+        return trainer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                    data_collator=MaskedCollator(pad), callbacks=list(callbacks))
