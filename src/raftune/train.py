@@ -123,6 +123,27 @@ def make_trainer(config: RunConfig, base: str, tokenizer, train_set, eval_set, o
                    data_collator=MaskedCollator(pad), callbacks=list(callbacks))
 
 
+def completion_loss(model, dataset, pad_token_id: int, batch_size: int = 8) -> float:
+    """Mean cross-entropy over completion tokens only: the one loss that compares recipes whatever they trained on."""
+    import torch
+
+    collate = MaskedCollator(pad_token_id)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+            labels = batch["labels"][:, 1:]
+            loss = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100,
+                                                     reduction="sum")
+            total, count = total + loss.item(), count + (labels != -100).sum().item()
+    model.train(was_training)
+    return total / max(count, 1)
+
+
 def load_examples(config: RunConfig) -> dict[str, list[dict]]:
     """The train and eval examples of the configured approach, from the data stage's files."""
     import datasets
@@ -194,6 +215,9 @@ def run(config: RunConfig, resume: bool = False):
     evals = [log for log in trainer.state.log_history if "eval_loss" in log]
     metrics = {"train_loss": result.training_loss, "steps": result.global_step, **result.metrics,
                **({"eval_loss": evals[-1]["eval_loss"], "eval_step": evals[-1]["step"]} if evals else {})}
+    if len(eval_set):
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        metrics["eval_completion_loss"] = completion_loss(trainer.model, eval_set, pad)
     write_json(adapter_dir / "metrics.json", metrics)
     import yaml
 

@@ -1,0 +1,22 @@
+"""Every numbered notebook runs top to bottom (nbclient) on the tiny default, into a temporary runs folder."""
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
+    monkeypatch.setenv("RAFTUNE_OVERRIDES", f"runs_dir={tmp_path} run=notebook")
+    notebook = nbformat.read(path, as_version=4)
+    NotebookClient(notebook, timeout=1800, kernel_name="python3",
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    errors = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs if o.output_type == "error"]
+    assert not errors
+    assert (tmp_path / "notebook" / "plots" / "heatmap.png").is_file()
