@@ -16,7 +16,7 @@ def test_there_are_configs():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_config_loads_and_names_its_command(path):
     first = path.read_text().splitlines()[0]
-    assert first.startswith("# raftune ") and str(path.relative_to(ROOT)) in first
+    assert first.startswith(("# raftune ", "# accelerate launch ")) and str(path.relative_to(ROOT)) in first
     config = load_config(path)
     assert config.lora["r"] > 0 and config.sft["learning_rate"] > 0
     from peft import LoraConfig
@@ -24,6 +24,17 @@ def test_every_config_loads_and_names_its_command(path):
 
     LoraConfig(**config.lora)
     BitsAndBytesConfig(**config.quantization)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
+def test_accelerate_configs_name_their_launch_command(path):
+    import yaml
+
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# accelerate launch --config_file " + str(path.relative_to(ROOT)))
+    recipe = first.split("--config ")[1].split()[0]
+    load_config(ROOT / recipe)  # the recipe it launches exists and loads
+    assert yaml.safe_load(path.read_text())["num_processes"] == 2
 
 
 def test_unknown_key_names_file_and_key(tmp_path):

@@ -40,6 +40,8 @@ class JsonlLossLog(TrainerCallback):
             self.path.write_text("")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero:
+            return
         with self.path.open("a") as handle:
             handle.write(json.dumps({"step": state.global_step, "time": round(time.time(), 2), **(logs or {})}) + "\n")
 
@@ -52,6 +54,9 @@ class SampleGenerations(TrainerCallback):
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):
         import torch
+
+        if not state.is_world_process_zero:
+            return
 
         from raftune.chat import encode
 
@@ -208,6 +213,8 @@ def run(config: RunConfig, resume: bool = False):
     if resume and not checkpoints:
         print(f"train: --resume given but no checkpoint in {stage.dir / 'checkpoints'}; starting from step 0")
     result = trainer.train(resume_from_checkpoint=bool(resume and checkpoints))
+    if not trainer.is_world_process_zero():  # under accelerate launch, one process writes the results
+        return stage.dir / "adapter"
 
     adapter_dir = stage.dir / "adapter"
     trainer.model.save_pretrained(str(adapter_dir))
@@ -228,8 +235,9 @@ def run(config: RunConfig, resume: bool = False):
     loss_curve(stage.dir / "loss.jsonl", stage.dir / "loss.png")
     length_histogram({"prompt": train_report["prompt_lengths"], "completion": train_report["completion_lengths"]},
                      stage.dir / "lengths.png", sft["max_length"])
-    stage.outputs = {"adapter": str(adapter_dir), **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+    stage.outputs = {"adapter": str(adapter_dir), "world_size": trainer.args.world_size, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
     write_json(stage.dir / "token_report.json", {"train": train_report, "eval": eval_report})
     stage.finish()
-    print(f"train: {result.global_step} steps, loss {result.training_loss:.3f} -> {adapter_dir}")
+    print(f"train: {result.global_step} steps on {trainer.args.world_size} process(es), loss "
+          f"{result.training_loss:.3f} -> {adapter_dir}")
     return adapter_dir
