@@ -11,12 +11,19 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
+# The recipe notebooks (02-05) train for a few steps here, to keep CI short; their committed outputs are full runs.
+FAST = {"02": "sft.max_steps=8", "03": "sft.max_steps=8", "04": "sft.max_steps=8", "05": "sft.max_steps=8"}
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
-    monkeypatch.setenv("RAFTUNE_OVERRIDES", f"runs_dir={tmp_path} run=notebook")
+    monkeypatch.setenv("RAFTUNE_OVERRIDES", f"runs_dir={tmp_path} run=notebook {FAST.get(path.name[:2], '')}")
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(notebook, timeout=1800, kernel_name="python3",
                    resources={"metadata": {"path": str(path.parent)}}).execute()
     errors = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs if o.output_type == "error"]
     assert not errors
-    assert (tmp_path / "notebook" / "plots" / "heatmap.png").is_file()
+    if path.name.startswith("00"):
+        assert (tmp_path / "notebook" / "plots" / "heatmap.png").is_file()
+    else:  # every notebook writes a run folder with manifests
+        assert list(tmp_path.rglob("manifest.json"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -24,6 +25,11 @@ from raftune.config import RunConfig, config_to_dict
 from raftune.manifest import Stage, write_json, write_text
 from raftune.models import base_provenance, load_model, load_tokenizer, resolve_base, save_tokenizer
 from raftune.sft_data import MaskedCollator, check_columns, tokenize_rows
+
+# bitsandbytes' CPU backend registers no autograd kernel for its 4-bit matmul op and torch warns on every backward;
+# gradients still reach every LoRA weight through bitsandbytes' own autograd Function (tests/test_train.py checks
+# that each one changes), so the warning only buries the training log.
+warnings.filterwarnings("ignore", message="bitsandbytes::gemv_4bit: an autograd kernel was not registered")
 
 # Defaults that raftune needs whatever the recipe says; the recipe's `sft:` section overrides the rest.
 SFT_DEFAULTS = {"bf16": False, "completion_only_loss": True, "max_length": 2048, "report_to": "none", "logging_steps": 5,
