@@ -96,3 +96,13 @@ def test_generated_questions_are_parsed_from_lines(tmp_path):
     assert generator.questions(Chunk, 2) == [{"question": "Wann endet die Frist?", "answer": None},
                                              {"question": "Was kostet es?", "answer": None}]
     assert generator.calls == 1
+
+
+def test_local_transformers_generator_writes_the_answers(mini_run, tmp_path):
+    """data.generator=transformers: a local model folder (here the run's merged tiny model) answers every question."""
+    config, _ = mini_run
+    local = mini_config(tmp_path, "data.generator=transformers", f"data.generator_model={config.stage_dir('merge') / 'model'}",
+                        "data.generator_max_tokens=8", "data.rows_per_question=1")
+    data_stage.run(local)
+    manifest = json.loads((local.stage_dir("data") / "manifest.json").read_text())
+    assert manifest["outputs"]["generator_calls"] == len(json.loads(open(local.data.qac).read()))
