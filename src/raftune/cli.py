@@ -12,8 +12,9 @@ DEFAULT_CONFIG = "configs/demo-tiny.yaml"
 STAGES = {
     "train": "QLoRA finetuning: train.approach docs|qac (transformers Trainer) or raft (trl SFTTrainer) "
              "(runs/<run>/train)",
-    "merge": "fold the LoRA adapter into the full-precision base (runs/<run>/merge)",
-    "export": "convert the merged model to GGUF with llama.cpp's converter (runs/<run>/export)",
+    "merge": "fold the LoRA adapter into the full-precision base (runs/<run>/merge), or merge one --adapter",
+    "export": "convert the merged model to GGUF with llama.cpp's converter, check and gate each file by its "
+              "fidelity report (runs/<run>/export), or export one --model",
     "evaluate": "answer the test set with every model of the run and score it (runs/<run>/evaluate)",
     "plots": "draw the models x metrics heatmap (runs/<run>/plots)",
 }
@@ -69,7 +70,89 @@ def build_parser() -> argparse.ArgumentParser:
             stage.add_argument("--resume", action="store_true",
                                help="continue from the newest checkpoint in runs/<run>/train/checkpoints (after a "
                                     "crash or kill; needs sft.save_strategy=steps)")
+        if name == "merge":
+            stage.add_argument("--adapter", help="merge this adapter folder alone, instead of the run's (needs --out)")
+            stage.add_argument("--out", help="with --adapter: the merged model folder to write")
+            stage.add_argument("--method", choices=["pristine", "dequantized"],
+                               help="pristine: into the original full-precision base; dequantized: into the NF4 "
+                                    "base the adapter was trained against (default: the recipe's merge.method)")
+            stage.add_argument("--base", help="with --adapter: the full-precision base (default: the adapter's own)")
+            stage.add_argument("--unsafe-4bit", action="store_true",
+                               help="merge inside the 4-bit model (rounds the weights again; only to reproduce "
+                                    "that failure)")
+        if name == "export":
+            stage.add_argument("--model", help="export this HF model folder alone, instead of the run's (needs --out)")
+            stage.add_argument("--out", help="with --model or --adapter: the .gguf file to write")
+            stage.add_argument("--type", default="f16",
+                               help="with --model: f32, f16, bf16, q8_0 (converter) or q4_k_m, q5_k_m, q6_k, ... "
+                                    "(llama.cpp quantisation) (default f16)")
+            stage.add_argument("--adapter", help="write this PEFT adapter as a GGUF LoRA (with --base-model)")
+            stage.add_argument("--base-model", help="with --adapter: the base model folder the adapter belongs to")
+    fid = sub.add_parser(
+        "fidelity", help="compare a GGUF with its HF model: tokenisation, logits (NMSE, KL, top-1), greedy text",
+        description="Run the fidelity report of a GGUF against the HF folder it was made from, on the recipe's "
+                    "test-set prompts (or --prompts), and write it as JSON.")
+    _add_config_args(fid)
+    fid.add_argument("--hf", required=True, help="the HF model folder (reference)")
+    fid.add_argument("--gguf", required=True, help="the GGUF file to check")
+    fid.add_argument("--prompts", help='JSONL of {"question", "documents"} (default: the test set with retrieved context)')
+    fid.add_argument("--mode", default="template", choices=["template", "raw", "double-bos", "text-control"],
+                     help="how llama.cpp is prompted: template (right), or one of the seed's mistakes on purpose")
+    fid.add_argument("--json", required=True, help="where to write the JSON report")
     return parser
+
+
+def _merge_tool(args) -> int:
+    from raftune.merge import describe, merge
+
+    if not args.out:
+        raise RaftuneError("merge --adapter needs --out DIR")
+    report = merge(args.adapter, args.out, args.method or "pristine", unsafe_4bit=args.unsafe_4bit, base=args.base)
+    print(f"merge ({report['method']}): {args.out} ({describe(report)}); per layer: {args.out}/merge_report.json")
+    return 0
+
+
+def _export_tool(args, config) -> int:
+    from raftune.export import stage
+
+    if not args.out:
+        raise RaftuneError("export --model/--adapter needs --out FILE.gguf")
+    if args.adapter:
+        if not args.base_model:
+            raise RaftuneError("export --adapter needs --base-model DIR")
+        facts = stage.export_lora(args.adapter, args.base_model, args.out)
+        print(f"export: wrote GGUF LoRA {facts['path']} ({facts['bytes'] / 1e6:.1f} MB)")
+        return 0
+    stage.run_one(args.model, args.out, args.type.lower(), lambda: _fidelity_prompts(config, args.model, None),
+                  {"max_nmse": config.export.max_nmse, "min_top1": config.export.min_top1}, config.export.greedy_tokens)
+    return 0
+
+
+def _fidelity_prompts(config, hf_dir, prompts_file):
+    from raftune.export import fidelity
+
+    if prompts_file:
+        return fidelity.load_prompts_file(prompts_file)
+    from raftune.data.corpus import corpus_chunks
+    from raftune.models import load_tokenizer
+
+    return fidelity.fidelity_prompts(load_tokenizer(str(hf_dir)), config.evaluate.testset, corpus_chunks(config.data),
+                                     config.evaluate.embedding_model, config.evaluate.top_k,
+                                     config.export.fidelity_prompts)
+
+
+def _fidelity_tool(args, config) -> int:
+    from raftune.export import fidelity
+
+    report = fidelity.compare(args.hf, args.gguf, _fidelity_prompts(config, args.hf, args.prompts), mode=args.mode,
+                              greedy_tokens=config.export.greedy_tokens)
+    problems = fidelity.gate(report, {"max_nmse": config.export.max_nmse, "min_top1": config.export.min_top1})
+    report["passed"], report["problems"] = not problems, problems
+    fidelity.write_report(report, args.json)
+    print(fidelity.markdown_table([report]), end="")
+    if problems:
+        raise RaftuneError(f"{args.gguf}: fidelity gate failed: {'; '.join(problems)} (report: {args.json})")
+    return 0
 
 
 def _data_tool(args) -> int:
@@ -102,7 +185,15 @@ def main(argv: list[str] | None = None) -> int:
             return _data_tool(args)
         from raftune.config import load_config
 
+        if args.command == "merge" and args.adapter:
+            return _merge_tool(args)
         config = load_config(args.config, args.overrides)
+        if args.command == "export" and (args.model or args.adapter):
+            return _export_tool(args, config)
+        if args.command == "fidelity":
+            return _fidelity_tool(args, config)
+        if args.command == "merge" and args.method:
+            config.merge.method = args.method
         if args.command == "data":
             from raftune.data.stage import run
 

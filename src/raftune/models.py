@@ -35,7 +35,10 @@ def resolve_base(config: RunConfig) -> str:
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise RaftuneError(f"{name}: no loadable tokenizer ({str(err).splitlines()[0]})") from None
     if not tokenizer.chat_template:
         raise RaftuneError(f"{name}: the tokenizer has no chat template; raftune renders every prompt with it")
     return tokenizer

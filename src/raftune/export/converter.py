@@ -80,17 +80,41 @@ def install(folder: Path = CONVERTER_DIR) -> dict:
     return info
 
 
-def convert(model_dir: Path, outfile: Path, outtype: str, folder: Path = CONVERTER_DIR) -> None:
-    """Run convert_hf_to_gguf.py; on failure raise with the converter's last error line."""
+def _run_script(script: str, args: list[str], what, folder: Path) -> None:
+    """Run one of llama.cpp's converter scripts; on failure raise with its last error line."""
     source_info(folder)
-    cmd = [sys.executable, str(folder / "convert_hf_to_gguf.py"), str(model_dir), "--outfile", str(outfile),
-           "--outtype", outtype]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, str(folder / script), *args], capture_output=True, text=True)
     if result.returncode != 0:
         lines = [l for l in (result.stderr or result.stdout).splitlines() if l.strip()]
         errors = [l for l in lines if re.search(r"Error|error:|Exception", l)]
-        raise RaftuneError(f"llama.cpp converter failed on {model_dir}: {(errors or lines or ['no output'])[-1]}")
+        raise RaftuneError(f"llama.cpp {script} failed on {what}: {(errors or lines or ['no output'])[-1]}")
 
+
+def convert(model_dir: Path, outfile: Path, outtype: str, folder: Path = CONVERTER_DIR) -> None:
+    """HF model folder -> GGUF with convert_hf_to_gguf.py (f32, f16, bf16 or q8_0)."""
+    _run_script("convert_hf_to_gguf.py", [str(model_dir), "--outfile", str(outfile), "--outtype", outtype],
+                model_dir, folder)
+
+
+def convert_lora(adapter_dir: Path, base_dir: Path, outfile: Path, outtype: str = "f16",
+                 folder: Path = CONVERTER_DIR) -> None:
+    """PEFT adapter -> GGUF LoRA with convert_lora_to_gguf.py, for users who keep base and adapter apart."""
+    _run_script("convert_lora_to_gguf.py", [str(adapter_dir), "--base", str(base_dir), "--outfile", str(outfile),
+                                            "--outtype", outtype], adapter_dir, folder)
+
+
+def quantize(source: Path, outfile: Path, gguf_type: str, threads: int | None = None) -> None:
+    """f16/f32 GGUF -> a llama.cpp quantisation type (q4_k_m, q5_k_m, q6_k, ...) with llama_model_quantize."""
+    import llama_cpp
+
+    ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{gguf_type.upper()}", None)
+    if ftype is None:
+        raise RaftuneError(f"llama.cpp has no quantisation type '{gguf_type}'")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = threads or 0
+    if llama_cpp.llama_model_quantize(str(source).encode(), str(outfile).encode(), params) != 0:
+        raise RaftuneError(f"llama.cpp could not quantise {source} to {gguf_type}")
 
 if __name__ == "__main__":
     install()

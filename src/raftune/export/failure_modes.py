@@ -1,0 +1,86 @@
+"""The seed's GGUF failure modes, reproduced on purpose, so that tests can prove the fidelity report catches each.
+
+Prompt-side mistakes are modes of `fidelity.compare` (raw prompt without the chat template, a doubled BOS,
+control tokens tokenised as text). File- and weight-side ones are made here from a good model or GGUF:
+- `broken_qk_layout`: q/k weights left in Hugging Face's rotary layout (llama.cpp expects them permuted);
+- `control_tokens_as_text`: [INST]/[/INST] typed as normal tokens in the GGUF's vocabulary;
+- `overflowing_copy`: a bf16 model holding values beyond float16's range (65504), which an f16 export turns into inf;
+- merging into the 4-bit model is `raftune merge --unsafe-4bit` (see raftune/merge.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def rewrite_gguf(src, dst, tensor_fn=None, token_types: dict[str, int] | None = None) -> Path:
+    """Copy a GGUF with the `gguf` writer, changing tensors (`tensor_fn(name, array) -> array`) or token types."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(src))
+    arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
+    writer = gguf.GGUFWriter(str(dst), arch)
+    tokens = reader.fields["tokenizer.ggml.tokens"].contents()
+    for field in reader.fields.values():
+        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
+            continue  # written by the writer itself
+        value = field.contents()
+        if field.name == "tokenizer.ggml.token_type" and token_types:
+            value = [token_types.get(tok, kind) for tok, kind in zip(tokens, value)]
+        kind = field.types[0]
+        writer.add_key_value(field.name, value, kind,
+                             sub_type=field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None)
+    for tensor in reader.tensors:
+        data = np.array(tensor.data)
+        if tensor_fn is not None:
+            data = tensor_fn(tensor.name, data)
+        writer.add_tensor(tensor.name, data, raw_dtype=tensor.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return Path(dst)
+
+
+def _unpermute(weights: np.ndarray, heads: int) -> np.ndarray:
+    """Undo llama.cpp's q/k permutation: back to the HF rotary layout (halves instead of interleaved pairs)."""
+    return weights.reshape(heads, weights.shape[0] // heads // 2, 2, *weights.shape[1:]).swapaxes(1, 2).reshape(
+        weights.shape)
+
+
+def broken_qk_layout(src, dst, n_head: int, n_kv_head: int) -> Path:
+    def fix(name, data):
+        if name.endswith("attn_q.weight"):
+            return _unpermute(data, n_head)
+        if name.endswith("attn_k.weight"):
+            return _unpermute(data, n_kv_head)
+        return data
+
+    return rewrite_gguf(src, dst, tensor_fn=fix)
+
+
+def control_tokens_as_text(src, dst, tokens=("[INST]", "[/INST]")) -> Path:
+    import gguf
+
+    return rewrite_gguf(src, dst, token_types={t: int(gguf.TokenType.NORMAL) for t in tokens})
+
+
+def overflowing_copy(model_dir, out_dir, factor: float = 1e6, layer: int = 0) -> Path:
+    """The same function in bf16, with one MLP's up_proj scaled by `factor` and down_proj by 1/factor.
+
+    The product is unchanged (the MLP is linear in up_proj), and bf16 holds the large values; float16 does not."""
+    from transformers import AutoModelForCausalLM
+
+    from raftune.models import load_tokenizer, save_tokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    mlp = model.model.layers[layer].mlp
+    with torch.no_grad():
+        mlp.up_proj.weight.mul_(factor)
+        mlp.down_proj.weight.div_(factor)
+    model.to(torch.bfloat16).save_pretrained(str(out_dir))
+    save_tokenizer(load_tokenizer(str(model_dir)), str(model_dir), out_dir)
+    return Path(out_dir)

@@ -1,0 +1,272 @@
+"""`raftune fidelity`: does the GGUF behave like the Hugging Face model it was made from?
+
+The seed's finetuned model scored 0.62 in Hugging Face and 0.06 after GGUF conversion, and nothing told them
+why. This report compares the two on the prompts the model will really see (the test set's questions with their
+retrieved context, rendered with the training chat template):
+
+- tokenisation parity: llama.cpp's ids equal the HF tokenizer's, exactly one BOS, `[INST]`/`[/INST]` (or the
+  template's own control tokens) parsed as single control tokens;
+- logits at every position (`logits_all=True`): NMSE, KL divergence (mean and 99th percentile), top-1 agreement.
+  Where the token sequences differ, positions do not line up and only the first answer token's distribution
+  (the last prompt position) is compared;
+- greedy continuation over `greedy_tokens` tokens: the share that agrees before the first divergence, and
+  whether EOS comes where the HF model puts it.
+
+`mode` says how the GGUF side is prompted, so that the seed's prompting mistakes can be reproduced on purpose:
+`template` (right: the rendered prompt, its BOS, control tokens parsed), `raw` (no chat template at all),
+`double-bos` (the runtime adds a BOS before the rendered prompt's own) and `text-control` (control tokens
+tokenised as plain text).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from raftune import RaftuneError
+from raftune.chat import encode, render_prompt, user_message
+
+MODES = ("template", "raw", "double-bos", "text-control")
+# The gate of `raftune export` for the lossless types; quantised types are judged against the same type made from
+# the untouched base model instead (small models lose more to quantisation than 7B ones).
+DEFAULT_GATE = {"max_nmse": 1e-3, "min_top1": 0.99, "require_tokenization_match": True}
+LOSSLESS = {"f32", "f16", "bf16"}
+QUANT_TOLERANCE = {"top1_points": 0.01, "kl_ratio": 1.5}
+
+
+def gguf_type(path) -> str:
+    from gguf import LlamaFileType
+
+    from raftune.export.gguf_check import read_gguf
+
+    field = read_gguf(path).fields.get("general.file_type")
+    if field is None:
+        return "unknown"
+    name = LlamaFileType(int(field.contents())).name  # e.g. MOSTLY_Q4_K_M
+    return {"ALL_F32": "f32"}.get(name, name.removeprefix("MOSTLY_").lower())
+
+
+def fidelity_prompts(tokenizer, testset: str, corpus_chunks, embedding_model: str, top_k: int, limit: int | None = None):
+    """(question, documents) of the first phrasing of each test, with retrieved context, as evaluation sees them."""
+    from raftune.evaluate.retrieval import Retriever, load_embedder
+    from raftune.evaluate.testset import load_testset
+
+    items, seen = [], set()
+    for item in load_testset(testset):
+        if item.test_id not in seen:
+            seen.add(item.test_id)
+            items.append(item)
+    items = items[:limit] if limit else items
+    contexts = Retriever(load_embedder(embedding_model), corpus_chunks).search([i.question for i in items], top_k)
+    return [(i.question, [c.text for c in ctx]) for i, ctx in zip(items, contexts)]
+
+
+def _gguf_ids(llm, tokenizer, question: str, documents: list[str], mode: str) -> list[int]:
+    prompt = render_prompt(tokenizer, question, documents)
+    if mode == "template":
+        return llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+    if mode == "double-bos":
+        return llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+    if mode == "text-control":
+        return llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=False)
+    if mode == "raw":  # the seed's llama.cpp test: the user text alone, the runtime's BOS, no [INST]
+        return llm.tokenize(user_message(question, documents).encode("utf-8"), add_bos=True, special=True)
+    raise RaftuneError(f"unknown fidelity mode '{mode}' (expected one of {', '.join(MODES)})")
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def logit_stats(hf: np.ndarray, cpp: np.ndarray) -> dict:
+    """Per-position comparison of two [positions, vocab] logit arrays (HF is the reference)."""
+    if not np.isfinite(cpp).all():
+        n = len(hf)
+        return {"sq_err": float("inf"), "sq_ref": float((hf.astype(np.float64) ** 2).sum()), "kl": [float("inf")] * n,
+                "top1": [False] * n}
+    log_p, log_q = _log_softmax(hf), _log_softmax(cpp)
+    kl = (np.exp(log_p) * (log_p - log_q)).sum(axis=-1)
+    return {"sq_err": float(((hf.astype(np.float64) - cpp) ** 2).sum()), "sq_ref": float((hf.astype(np.float64) ** 2).sum()),
+            "kl": kl.tolist(), "top1": (hf.argmax(-1) == cpp.argmax(-1)).tolist()}
+
+
+def _greedy_hf(model, ids: list[int], n: int, eos: int) -> list[int]:
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             max_new_tokens=n, do_sample=False, eos_token_id=eos, pad_token_id=eos)
+    return out[0, len(ids):].tolist()
+
+
+def _greedy_cpp(llm, ids: list[int], n: int, eos: int) -> list[int]:
+    llm.reset()
+    out = []
+    for token in llm.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
+        out.append(int(token))
+        if token == eos or len(out) >= n:
+            break
+    return out
+
+
+def _agreement(a: list[int], b: list[int], n: int) -> float:
+    same = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        same += 1
+    if same == len(a) == len(b):  # identical, possibly both stopped early at EOS
+        return 1.0
+    return same / n
+
+
+def compare(hf_dir, gguf_path, prompts: list[tuple[str, list[str]]], mode: str = "template",
+            greedy_tokens: int = 64, n_ctx: int = 4096) -> dict:
+    """The fidelity report of one GGUF against its HF folder on (question, documents) prompts."""
+    from raftune.llama_runtime import open_gguf
+    from raftune.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(str(hf_dir))
+    model = load_model(str(hf_dir)).eval()
+    llm = open_gguf(gguf_path, n_ctx=n_ctx, logits_all=True)
+    eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
+    controls = [tokenizer.convert_tokens_to_ids(t) for t in ("[INST]", "[/INST]") if t in tokenizer.get_vocab()]
+    per_prompt, sq_err, sq_ref, kls, top1 = [], 0.0, 0.0, [], []
+    for question, documents in tqdm(prompts, desc=f"fidelity {Path(gguf_path).name}", unit="prompt"):
+        hf_ids = encode(tokenizer, render_prompt(tokenizer, question, documents))
+        cpp_ids = _gguf_ids(llm, tokenizer, question, documents, mode)
+        if len(cpp_ids) + greedy_tokens > n_ctx:
+            raise RaftuneError(f"a fidelity prompt has {len(cpp_ids)} tokens, more than n_ctx={n_ctx} allows")
+        with torch.no_grad():
+            hf = model(torch.tensor([hf_ids])).logits[0].float().numpy()
+        llm.reset()
+        llm.eval(cpp_ids)
+        cpp = np.asarray(llm.scores[: len(cpp_ids)], dtype=np.float32)
+        same = hf_ids == cpp_ids
+        stats = logit_stats(hf, cpp) if same else logit_stats(hf[-1:], cpp[-1:])
+        sq_err, sq_ref = sq_err + stats["sq_err"], sq_ref + stats["sq_ref"]
+        kls += stats["kl"]
+        top1 += stats["top1"]
+        hf_gen = _greedy_hf(model, hf_ids, greedy_tokens, eos)
+        cpp_gen = _greedy_cpp(llm, cpp_ids, greedy_tokens, eos)
+        per_prompt.append({
+            "question": question, "tokens_hf": len(hf_ids), "tokens_gguf": len(cpp_ids), "tokenization_match": same,
+            "bos_count": cpp_ids.count(bos), "control_tokens_parsed": all(c in cpp_ids for c in controls),
+            "positions_compared": len(stats["top1"]), "greedy_agreement": _agreement(hf_gen, cpp_gen, greedy_tokens),
+            "eos_hf": hf_gen.index(eos) if eos in hf_gen else None,
+            "eos_gguf": cpp_gen.index(eos) if eos in cpp_gen else None,
+            "greedy_hf": tokenizer.decode(hf_gen), "greedy_gguf": tokenizer.decode(cpp_gen)})
+    llm.close()
+    kl = np.asarray(kls)
+    return {
+        "gguf": str(gguf_path), "gguf_type": gguf_type(gguf_path), "hf": str(hf_dir), "mode": mode,
+        "prompts": len(per_prompt), "positions": len(top1),
+        "tokenization_match": all(p["tokenization_match"] for p in per_prompt),
+        "single_bos": all(p["bos_count"] == 1 for p in per_prompt),
+        "control_tokens_parsed": all(p["control_tokens_parsed"] for p in per_prompt),
+        "top1_agreement": float(np.mean(top1)), "nmse": sq_err / sq_ref if sq_ref else float("nan"),
+        "kl_mean": float(kl.mean()), "kl_p99": float(np.percentile(kl, 99)),
+        "greedy_tokens": greedy_tokens, "greedy_agreement": float(np.mean([p["greedy_agreement"] for p in per_prompt])),
+        "eos_agreement": float(np.mean([p["eos_hf"] == p["eos_gguf"] for p in per_prompt])),
+        "per_prompt": per_prompt,
+    }
+
+
+def gate(report: dict, thresholds: dict | None = None) -> list[str]:
+    """Reasons this GGUF must not pass (empty: it passes). NMSE and top-1 are gated for the lossless types only."""
+    limits = {**DEFAULT_GATE, **(thresholds or {})}
+    problems = []
+    if limits["require_tokenization_match"]:
+        if not report["tokenization_match"]:
+            problems.append("tokenisation differs from the HF tokenizer's")
+        if not report["single_bos"]:
+            problems.append("not exactly one BOS per prompt")
+        if not report["control_tokens_parsed"]:
+            problems.append("chat control tokens not parsed as single tokens")
+    if report["gguf_type"] in LOSSLESS:
+        if not report["nmse"] <= limits["max_nmse"]:
+            problems.append(f"{report['gguf_type']} NMSE {report['nmse']:.3g} > {limits['max_nmse']:g}")
+        if not report["top1_agreement"] >= limits["min_top1"]:
+            problems.append(f"{report['gguf_type']} top-1 agreement {report['top1_agreement']:.2%} < "
+                            f"{limits['min_top1']:.0%}")
+    return problems
+
+
+def against_base(finetuned: dict, base: dict) -> dict:
+    """A quantised GGUF of the finetuned model against the same type made from the untouched base."""
+    top1_drop = base["top1_agreement"] - finetuned["top1_agreement"]
+    kl_ratio = finetuned["kl_mean"] / base["kl_mean"] if base["kl_mean"] > 0 else float("inf")
+    return {"base_top1_agreement": base["top1_agreement"], "base_kl_mean": base["kl_mean"],
+            "top1_drop_vs_base": top1_drop, "kl_ratio_vs_base": kl_ratio,
+            "within_base_tolerance": bool(top1_drop <= QUANT_TOLERANCE["top1_points"]
+                                          and kl_ratio <= QUANT_TOLERANCE["kl_ratio"])}
+
+
+SUMMARY_KEYS = ["gguf_type", "mode", "prompts", "positions", "tokenization_match", "single_bos", "control_tokens_parsed",
+                "top1_agreement", "nmse", "kl_mean", "kl_p99", "greedy_agreement", "eos_agreement"]
+
+
+def summary(report: dict) -> dict:
+    return {k: report[k] for k in SUMMARY_KEYS if k in report} | {
+        k: report[k] for k in ("base_top1_agreement", "base_kl_mean", "within_base_tolerance", "passed") if k in report}
+
+
+def markdown_table(reports: list[dict]) -> str:
+    cols = ["gguf_type", "tokenization_match", "top1_agreement", "nmse", "kl_mean", "kl_p99", "greedy_agreement",
+            "eos_agreement", "passed"]
+    fmt = {"top1_agreement": "{:.2%}", "greedy_agreement": "{:.2%}", "eos_agreement": "{:.2%}", "nmse": "{:.2e}",
+           "kl_mean": "{:.2e}", "kl_p99": "{:.2e}"}
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in reports:
+        lines.append("| " + " | ".join(fmt.get(c, "{}").format(r.get(c, "")) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(reports: list[dict], out_path) -> None:
+    """Per-position KL and top-1 agreement, one bar group per GGUF type."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["gguf_type"] + ("" if r.get("mode", "template") == "template" else f" ({r['mode']})") for r in reports]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    axes[0].bar(names, [100 * r["top1_agreement"] for r in reports], color="#4c72b0")
+    axes[0].set(title="top-1 agreement with HF (%)", ylim=(0, 100))
+    axes[1].bar(names, [max(r["kl_mean"], 1e-12) for r in reports], color="#dd8452")
+    axes[1].set(title="mean KL(HF || GGUF), nats", yscale="log")
+    axes[2].bar(names, [100 * r["greedy_agreement"] for r in reports], color="#55a868")
+    axes[2].set(title="greedy tokens agreeing (%)", ylim=(0, 100))
+    for ax in axes:
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(report: dict, json_path) -> None:
+    from raftune.manifest import write_json
+
+    write_json(json_path, report)
+
+
+def load_prompts_file(path) -> list[tuple[str, list[str]]]:
+    """JSONL of {"question": str, "documents": [str, ...]} per line."""
+    path = Path(path)
+    if not path.is_file():
+        raise RaftuneError(f"prompts file not found: {path}")
+    prompts = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            prompts.append((str(row["question"]), [str(d) for d in row["documents"]]))
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise RaftuneError(f"{path}: line {n}: expected {{\"question\": str, \"documents\": [str]}} ({err})") from None
+    return prompts
