@@ -74,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
             stage.add_argument("--adapter", help="merge this adapter folder alone, instead of the run's (needs --out)")
             stage.add_argument("--out", help="with --adapter: the merged model folder to write")
             stage.add_argument("--method", choices=["pristine", "dequantized"],
-                               help="pristine: into the original full-precision base; dequantized: into the NF4 "
-                                    "base the adapter was trained against (default: the recipe's merge.method)")
+                               help="dequantized (default): into the NF4 base the adapter was trained against; pristine: into "
+                                    "the original full-precision base (in a run: default the recipe's merge.method)")
             stage.add_argument("--base", help="with --adapter: the full-precision base (default: the adapter's own)")
             stage.add_argument("--unsafe-4bit", action="store_true",
                                help="merge inside the 4-bit model (rounds the weights again; only to reproduce "
@@ -107,7 +107,7 @@ def _merge_tool(args) -> int:
 
     if not args.out:
         raise RaftuneError("merge --adapter needs --out DIR")
-    report = merge(args.adapter, args.out, args.method or "pristine", unsafe_4bit=args.unsafe_4bit, base=args.base)
+    report = merge(args.adapter, args.out, args.method or "dequantized", unsafe_4bit=args.unsafe_4bit, base=args.base)
     print(f"merge ({report['method']}): {args.out} ({describe(report)}); per layer: {args.out}/merge_report.json")
     return 0
 

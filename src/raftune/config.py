@@ -60,14 +60,13 @@ class FastConfig:
     checkpoint_layers: int | None = None  # None: sft.activation_checkpointing; N: recompute the first N layers only
     bf16_frozen: bool = False  # keep frozen norms, embeddings and lm_head bf16 (peft's kbit preparation casts to fp32)
     fused_lora: bool = False  # LoRA's product added in the GEMM epilogue (addmm), not by peft's clone/scale/add
-    compile: bool = False  # torch.compile each decoder layer (CUDA)
 
 
 @dataclass
 class MergeConfig:
-    # pristine: the adapter added to the original full-precision base; dequantized: added to the NF4 base as the
-    # adapter saw it in training (see raftune/merge.py)
-    method: str = "pristine"
+    # dequantized: the adapter added to the NF4 base as it saw it in training, dequantised (the trained function;
+    # notebook 06 measures it); pristine: added to the original full-precision base (see raftune/merge.py)
+    method: str = "dequantized"
 
 
 @dataclass

@@ -90,5 +90,9 @@ class Stage:
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **self.extra,
         }
+        from raftune.models import NAMED_BASES, base_provenance, named_base
+
+        if self.config.base in NAMED_BASES:  # a packaged model: which package, version and file it came from
+            manifest["base_provenance"] = base_provenance(named_base(self.config.base))
         write_json(self.dir / "manifest.json", manifest)
         return self.dir / "manifest.json"

@@ -56,7 +56,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())
 
 
-def merge(adapter_dir, out_dir, method: str = "pristine", unsafe_4bit: bool = False, base: str | None = None,
+def merge(adapter_dir, out_dir, method: str = "dequantized", unsafe_4bit: bool = False, base: str | None = None,
           dtype: torch.dtype = torch.float32) -> dict:
     """Merge, write the HF folder (with the training tokenizer and chat template) atomically; return the report."""
     from peft import PeftModel

