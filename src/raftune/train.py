@@ -20,7 +20,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from raftune import RaftuneError
+from raftune import RaftuneError, fast
 from raftune.config import RunConfig, config_to_dict
 from raftune.manifest import Stage, write_json, write_text
 from raftune.models import base_provenance, load_model, load_tokenizer, resolve_base, save_tokenizer
@@ -82,13 +82,20 @@ class SampleGenerations(TrainerCallback):
 
 
 def build_model(base: str, config: RunConfig):
+    return adapt_model(load_model(base, config.quantization), config)
+
+
+def adapt_model(model, config: RunConfig):
+    """QLoRA preparation and the LoRA adapter on a loaded base, then the `fast:` levers (bench/ calls this too)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    model = load_model(base, config.quantization)
     if config.quantization:
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=bool(config.sft.get("activation_checkpointing", False)))
-    return get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **config.lora))
+    model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **config.lora))
+    if fast.enabled(config.fast):
+        print(f"train: fast levers {fast.apply(model, config)}")
+    return model
 
 
 def training_arguments(config: RunConfig, out_dir: Path):
@@ -97,7 +104,11 @@ def training_arguments(config: RunConfig, out_dir: Path):
     from trl import SFTConfig
 
     values = {**SFT_DEFAULTS, **config.sft, "output_dir": str(out_dir / "checkpoints")}
-    if config.train.approach == "raft":
+    if fast.enabled(config.fast):  # raftune.fast checkpoints the layers itself; a token-budget batch is one row
+        values["activation_checkpointing"] = False
+        if config.fast.tokens_per_batch:
+            values["per_device_train_batch_size"] = 1
+    elif config.train.approach == "raft":
         return SFTConfig(**values)
     known = {f.name for f in dataclasses.fields(TrainingArguments)}
     # completion_mask is not an argument of the model's forward; Trainer would drop it before the collator sees it
@@ -119,6 +130,16 @@ def make_trainer(config: RunConfig, base: str, tokenizer, train_set, eval_set, o
           f"{total:,} parameters, base {base}")
     args = training_arguments(config, out_dir)
     eval_set = eval_set if eval_set is not None and len(eval_set) else None
+    if fast.enabled(config.fast):  # every approach: Trainer with raftune's (packing) collator and batches
+        sft = {**SFT_DEFAULTS, **config.sft}
+        if config.fast.tokens_per_batch:
+            train_set = fast.grouped_dataset(train_set, config.fast, sft["data_seed"])
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        # qac masks its prompt always (as MaskedCollator does), raft when completion_only_loss; docs has no prompt
+        completion_only = config.train.approach != "raft" or sft["completion_only_loss"]
+        return Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                       data_collator=fast.Collator(pad, config.fast.packing, completion_only),
+                       callbacks=list(callbacks))
     if config.train.approach == "raft":
         trainer = SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                              processing_class=tokenizer, callbacks=list(callbacks))
