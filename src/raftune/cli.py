@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
             stage.add_argument("--resume", action="store_true",
                                help="continue from the newest checkpoint in runs/<run>/train/checkpoints (after a "
                                     "crash or kill; needs sft.save_strategy=steps)")
+        if name == "evaluate":
+            stage.add_argument("--testset", help="test set: the seed's evaluation JSON or RAFT rows (default: "
+                                                 "evaluate.testset of the recipe)")
+            stage.add_argument("--answers", help="score this recorded-answers JSONL alone ({model, test_id, "
+                                                 "question_id, answer} per line), no model is run; needs --out")
+            stage.add_argument("--out", help="with --answers: the output folder")
         if name == "merge":
             stage.add_argument("--adapter", help="merge this adapter folder alone, instead of the run's (needs --out)")
             stage.add_argument("--out", help="with --adapter: the merged model folder to write")
@@ -88,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(llama.cpp quantisation) (default f16)")
             stage.add_argument("--adapter", help="write this PEFT adapter as a GGUF LoRA (with --base-model)")
             stage.add_argument("--base-model", help="with --adapter: the base model folder the adapter belongs to")
+    plot = sub.add_parser("plot", help="heatmap, bars with bootstrap CIs, box plots of runs over time (PNG + SVG)",
+                          description="Draw the evaluation figures of the recipe's run (runs/<run>/plots), or of any "
+                                      "results folder with --results (e.g. the --out of `raftune evaluate --answers`).")
+    _add_config_args(plot)
+    plot.add_argument("--results", help="a folder holding results.parquet (default: runs/<run>/evaluate)")
+    plot.add_argument("--out", help="with --results: where the figures go (default: RESULTS/plots)")
     fid = sub.add_parser(
         "fidelity", help="compare a GGUF with its HF model: tokenisation, logits (NMSE, KL, top-1), greedy text",
         description="Run the fidelity report of a GGUF against the HF folder it was made from, on the recipe's "
@@ -202,6 +214,23 @@ def main(argv: list[str] | None = None) -> int:
             from raftune.pipeline import run_all
 
             run_all(config)
+        elif args.command == "plot":
+            from raftune.plots import run
+
+            run(config, args.results, args.out)
+        elif args.command == "evaluate":
+            from raftune.evaluate import stage as evaluate_stage
+
+            if args.answers:
+                if not args.out:
+                    raise RaftuneError("evaluate --answers needs --out DIR (where the scores go)")
+                summary = evaluate_stage.score_file(config, args.testset or config.evaluate.testset, args.answers,
+                                                    args.out)
+            else:
+                if args.testset:
+                    config.evaluate.testset = args.testset
+                summary = evaluate_stage.run(config)
+            print(summary.to_string())
         else:
             from raftune.pipeline import STAGES as RUNNERS
 

@@ -1,61 +1,276 @@
-"""Model providers behind one interface: `generate(prompt) -> Answer`, where `prompt` is `chat.render_prompt`'s text.
+"""Model providers behind one interface.
 
-Both decode greedily with no repetition penalty, so an HF model and its GGUF can be compared token for token.
+    provider.render(question, documents) -> str      the exact prompt (raftune.chat renders it for every backend)
+    provider.generate(prompts) -> iterator of (index, Answer), as answers arrive, batched where the backend allows
+    provider.identity -> dict                       what the answer cache keys on, with the prompt and parameters
+
+Kinds (an `evaluate.models` entry names one; `models_of_run` builds the run's own):
+  hf      a transformers model folder or hub id; optional `adapter` (a LoRA folder), `load_in_4bit`, `dtype`
+  gguf    a GGUF file through llama-cpp-python; `tokenizer` names the HF folder whose chat template renders prompts
+  openai  any OpenAI-compatible endpoint (llama.cpp server, vLLM, OpenAI); `api: completions` sends the rendered
+          prompt (the served model's template, applied by raftune), `api: chat` sends the user message; the key is
+          read from the environment variable `api_key_env` names and is never stored
+  recorded  a JSONL of answers made elsewhere (see raftune.evaluate.recorded)
+
+All decode greedily with no repetition penalty, so an HF model and its GGUF can be compared token for token.
 """
 
 from __future__ import annotations
 
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
+from pathlib import Path
 
-import torch
-
-from raftune.chat import encode
+from raftune import RaftuneError
+from raftune.chat import encode, render_prompt, user_message
 
 
 @dataclass
 class Answer:
     text: str
     new_tokens: int
-    seconds: float
+    seconds: float  # wall time of the call that produced it (a whole batch for batched backends)
+    batch_size: int = 1
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Generated tokens per second of the call; in a batch, this answer's share of the batch's time."""
+        return self.new_tokens * self.batch_size / max(self.seconds, 1e-9)
+
+
+SPEC_KEYS = {
+    "hf": {"name", "kind", "path", "adapter", "load_in_4bit", "dtype", "tokenizer", "batch_size"},
+    "gguf": {"name", "kind", "path", "tokenizer", "n_ctx"},
+    "openai": {"name", "kind", "base_url", "model", "api", "api_key_env", "tokenizer", "max_retries", "timeout",
+               "concurrency", "extra_body"},
+    "recorded": {"name", "kind", "path", "model"},
+}
+
+
+def check_spec(spec, where: str) -> dict:
+    if not isinstance(spec, dict) or spec.get("kind") not in SPEC_KEYS:
+        raise RaftuneError(f"{where}: expected a mapping with kind one of {', '.join(SPEC_KEYS)}, got {spec!r}")
+    unknown = set(spec) - SPEC_KEYS[spec["kind"]]
+    if unknown:
+        raise RaftuneError(f"{where}: unknown key '{sorted(unknown)[0]}' for kind {spec['kind']} "
+                           f"(expected {', '.join(sorted(SPEC_KEYS[spec['kind']]))})")
+    required = {"hf": ["path"], "gguf": ["path", "tokenizer"], "openai": ["base_url", "model"], "recorded": ["path"]}
+    for key in required[spec["kind"]]:
+        if not spec.get(key):
+            raise RaftuneError(f"{where}: kind {spec['kind']} needs '{key}'")
+    if spec["kind"] != "recorded" and not spec.get("name"):
+        raise RaftuneError(f"{where}: needs a 'name' (the model's row in the results)")
+    return spec
+
+
+def fingerprint(path: str) -> list:
+    """Size and modification time of the weight files: a retrained or re-exported model gets new cache keys,
+    without hashing gigabytes. A hub id is its own fingerprint."""
+    p = Path(path)
+    if p.is_file():
+        return [p.name, p.stat().st_size, p.stat().st_mtime_ns]
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix in {".safetensors", ".bin", ".gguf", ".json", ".model"})
+        return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    return [path]
 
 
 class HFProvider:
-    def __init__(self, name: str, model_dir: str, max_new_tokens: int):
-        from raftune.models import load_model, load_tokenizer
+    """transformers generate() on batches of left-padded prompts. The weights load on the first generate(), so a
+    rerun whose answers are all cached never loads the model."""
 
-        self.name, self.max_new_tokens = name, max_new_tokens
-        self.tokenizer = load_tokenizer(model_dir)
-        self.model = load_model(model_dir).eval()
+    def __init__(self, spec: dict, max_new_tokens: int, batch_size: int, quantization: dict | None = None):
+        import torch
 
-    @torch.no_grad()
-    def generate(self, prompt: str) -> Answer:
-        started = time.time()
-        ids = torch.tensor([encode(self.tokenizer, prompt)])
-        out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.max_new_tokens,
-                                  do_sample=False, eos_token_id=self.tokenizer.eos_token_id,
-                                  pad_token_id=self.tokenizer.eos_token_id)[0, ids.shape[1]:]
-        text = self.tokenizer.decode(out, skip_special_tokens=True)
-        return Answer(text.strip(), len(out), time.time() - started)
+        from raftune.models import load_tokenizer
+
+        self.spec, self.name, self.max_new_tokens = spec, spec["name"], max_new_tokens
+        self.batch_size = int(spec.get("batch_size", batch_size))
+        self.quantization = quantization
+        # an adapter folder carries the training tokenizer and chat template
+        self.tokenizer = load_tokenizer(spec.get("tokenizer") or spec.get("adapter") or spec["path"])
+        self.dtype = getattr(torch, spec.get("dtype", "float32"))
+        self.model = None
+        self.eos = self.tokenizer.eos_token_id
+        self.pad = next(i for i in (self.tokenizer.pad_token_id, self.tokenizer.unk_token_id, self.eos) if i is not None)
+        self.identity = {"kind": "hf", "path": spec["path"], "weights": fingerprint(spec["path"]),
+                         "adapter": fingerprint(spec["adapter"]) if spec.get("adapter") else None,
+                         "load_in_4bit": bool(spec.get("load_in_4bit")), "dtype": str(self.dtype)}
+
+    def _load(self):
+        import torch
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+        kwargs = {"dtype": self.dtype}
+        if self.spec.get("load_in_4bit"):
+            # the run's own BitsAndBytesConfig (what training saw), else NF4 with double quantisation
+            bnb = dict(self.quantization or {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
+                                             "bnb_4bit_use_double_quant": True, "bnb_4bit_compute_dtype": "float32"})
+            kwargs["quantization_config"] = BitsAndBytesConfig(**bnb)
+        if torch.cuda.is_available():
+            kwargs["device_map"] = {"": 0}
+        model = AutoModelForCausalLM.from_pretrained(self.spec["path"], **kwargs)
+        if self.spec.get("adapter"):
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, self.spec["adapter"])
+        self.model = model.eval()
+
+    def render(self, question: str, documents: list[str]) -> str:
+        return render_prompt(self.tokenizer, question, documents)
+
+    def generate(self, prompts: list[str]):
+        import torch
+
+        if self.model is None:
+            self._load()
+        device = self.model.device
+        for start in range(0, len(prompts), self.batch_size):
+            batch = [encode(self.tokenizer, p) for p in prompts[start:start + self.batch_size]]
+            width = max(map(len, batch))
+            # left padding: every row's answer then starts at column `width`
+            ids = torch.tensor([[self.pad] * (width - len(x)) + x for x in batch], device=device)
+            mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in batch], device=device)
+            started = time.time()
+            with torch.no_grad():
+                out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.max_new_tokens,
+                                          do_sample=False, eos_token_id=self.eos, pad_token_id=self.pad)
+            seconds = time.time() - started
+            for i, row in enumerate(out[:, width:].tolist()):
+                n = row.index(self.eos) + 1 if self.eos in row else len(row)
+                text = self.tokenizer.decode(row[:n], skip_special_tokens=True).strip()
+                yield start + i, Answer(text, n, seconds, len(batch))
 
     def close(self):
-        del self.model
+        self.model = None
 
 
 class GGUFProvider:
-    def __init__(self, name: str, path: str, max_new_tokens: int, n_ctx: int = 4096):
+    def __init__(self, spec: dict, max_new_tokens: int):
+        from raftune.models import load_tokenizer
+
+        self.spec, self.name, self.max_new_tokens = spec, spec["name"], max_new_tokens
+        self.tokenizer = load_tokenizer(spec["tokenizer"])
+        self.llm = None  # opened on the first generate(), like HFProvider's weights
+        self.identity = {"kind": "gguf", "path": spec["path"], "weights": fingerprint(spec["path"])}
+
+    def render(self, question: str, documents: list[str]) -> str:
+        return render_prompt(self.tokenizer, question, documents)
+
+    def generate(self, prompts: list[str]):
         from raftune.llama_runtime import open_gguf
 
-        self.name, self.max_new_tokens = name, max_new_tokens
-        self.llm = open_gguf(path, n_ctx=n_ctx)
-
-    def generate(self, prompt: str) -> Answer:
-        started = time.time()
-        # The rendered prompt already holds BOS and the control tokens as text: parse them, add nothing.
-        tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
-        out = self.llm.create_completion(tokens, max_tokens=self.max_new_tokens, temperature=0.0, top_k=1,
-                                         repeat_penalty=1.0)
-        return Answer(out["choices"][0]["text"].strip(), out["usage"]["completion_tokens"], time.time() - started)
+        if self.llm is None:
+            self.llm = open_gguf(self.spec["path"], n_ctx=int(self.spec.get("n_ctx", 4096)))
+        for i, prompt in enumerate(prompts):
+            started = time.time()
+            # The rendered prompt already holds BOS and the control tokens as text: parse them, add nothing.
+            tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+            out = self.llm.create_completion(tokens, max_tokens=self.max_new_tokens, temperature=0.0, top_k=1,
+                                             repeat_penalty=1.0)
+            yield i, Answer(out["choices"][0]["text"].strip(), out["usage"]["completion_tokens"], time.time() - started)
 
     def close(self):
-        self.llm.close()
+        if self.llm is not None:
+            self.llm.close()
+            self.llm = None
+
+
+class OpenAIProvider:
+    def __init__(self, spec: dict, max_new_tokens: int):
+        from openai import OpenAI
+
+        self.name, self.max_new_tokens = spec["name"], max_new_tokens
+        self.base_url, self.model = spec["base_url"], spec["model"]
+        self.api = spec.get("api", "chat")
+        if self.api not in {"chat", "completions"}:
+            raise RaftuneError(f"model '{self.name}': api must be chat or completions, got '{self.api}'")
+        self.tokenizer = None
+        if self.api == "completions":
+            if not spec.get("tokenizer"):
+                raise RaftuneError(f"model '{self.name}': api completions needs 'tokenizer' (the served model's "
+                                   f"HF folder), whose chat template renders the prompt")
+            from raftune.models import load_tokenizer
+
+            self.tokenizer = load_tokenizer(spec["tokenizer"])
+        key_env = spec.get("api_key_env", "OPENAI_API_KEY")
+        key = os.environ.get(key_env)
+        if key is None and "api.openai.com" in self.base_url:
+            raise RaftuneError(f"model '{self.name}': {self.base_url} needs an API key in the environment variable "
+                               f"{key_env}")
+        self.max_retries = int(spec.get("max_retries", 3))
+        # the client retries connection errors, timeouts, 429 and 5xx with exponential backoff
+        self.client = OpenAI(base_url=self.base_url, api_key=key or "not-needed", max_retries=self.max_retries,
+                             timeout=float(spec.get("timeout", 120)))
+        self.concurrency = int(spec.get("concurrency", 4))
+        # server-specific sampling fields, e.g. {repeat_penalty: 1.0} for llama-cpp-python's server, whose default
+        # 1.1 would otherwise make its greedy answers differ from the same GGUF run in-process
+        self.extra_body = dict(spec.get("extra_body") or {})
+        self.identity = {"kind": "openai", "base_url": self.base_url, "model": self.model, "api": self.api,
+                         "extra_body": self.extra_body}
+
+    def render(self, question: str, documents: list[str]) -> str:
+        if self.api == "completions":
+            return render_prompt(self.tokenizer, question, documents)
+        return user_message(question, documents)  # the server applies the model's own template
+
+    def _one(self, prompt: str) -> Answer:
+        started = time.time()
+        if self.api == "chat":
+            reply = self.client.chat.completions.create(model=self.model, messages=[{"role": "user", "content": prompt}],
+                                                        temperature=0.0, max_tokens=self.max_new_tokens,
+                                                        extra_body=self.extra_body or None)
+            text = reply.choices[0].message.content or ""
+        else:
+            reply = self.client.completions.create(model=self.model, prompt=prompt, temperature=0.0,
+                                                   max_tokens=self.max_new_tokens, extra_body=self.extra_body or None)
+            text = reply.choices[0].text
+        tokens = reply.usage.completion_tokens if reply.usage else 0
+        return Answer(text.strip(), tokens, time.time() - started)
+
+    def _error(self, err: Exception) -> RaftuneError:
+        import openai
+
+        if isinstance(err, openai.APIStatusError):
+            what = f"answered HTTP {err.status_code}"
+        elif isinstance(err, (openai.APIConnectionError, openai.APITimeoutError)):
+            what = "unreachable"
+        else:
+            what = "failed"
+        return RaftuneError(f"model '{self.name}': endpoint {self.base_url} {what} after {self.max_retries} retries "
+                            f"({type(err).__name__}: {str(err).splitlines()[0][:200]})")
+
+    def generate(self, prompts: list[str]):
+        """Requests in parallel; on a failure the requests not yet started are cancelled, the answers that still
+        arrive are yielded (and so cached), then the error is raised."""
+        error = None
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            futures = {pool.submit(self._one, p): i for i, p in enumerate(prompts)}
+            for future in as_completed(futures):
+                try:
+                    answer = future.result()
+                except Exception as err:  # noqa: BLE001 - every openai error becomes one clear line below
+                    if error is None:
+                        error = err
+                        for other in futures:
+                            other.cancel()
+                    continue
+                if not future.cancelled():
+                    yield futures[future], answer
+        if error is not None:
+            raise self._error(error)
+
+    def close(self):
+        self.client.close()
+
+
+def make_provider(spec: dict, cfg, quantization: dict | None = None):
+    if spec["kind"] == "hf":
+        return HFProvider(spec, cfg.max_new_tokens, cfg.batch_size, quantization)
+    if spec["kind"] == "gguf":
+        return GGUFProvider(spec, cfg.max_new_tokens)
+    if spec["kind"] == "openai":
+        return OpenAIProvider(spec, cfg.max_new_tokens)
+    raise RaftuneError(f"no generating provider for kind {spec['kind']}")

@@ -1,8 +1,10 @@
-"""Dense retrieval with sentence-transformers: embed the corpus chunks once, take the top-k per question."""
+"""Dense retrieval with sentence-transformers: embed the corpus chunks once, take the top-k per question.
+
+`retrieval_report` measures it the way the seed's report did: for k in 1, 3, 5, 10, the share of questions whose
+cited document and page is among the top k, and the share whose keywords all occur in the top-k passages.
+"""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 
@@ -24,9 +26,16 @@ def embedding_tokenizer(name: str = "all-MiniLM-L6-v2"):
 
 
 def load_embedder(name: str):
+    """Any sentence-transformers model: the packaged default, a local folder, or a hub id (only then the hub)."""
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(embedding_model_path(name), device="cpu")
+    from raftune import RaftuneError
+
+    try:
+        return SentenceTransformer(embedding_model_path(name), device="cpu")
+    except (OSError, ValueError) as err:
+        raise RaftuneError(f"evaluate.embedding_model: cannot load '{name}' as a sentence-transformers model "
+                           f"({str(err).splitlines()[0]})") from None
 
 
 class Retriever:
@@ -34,7 +43,40 @@ class Retriever:
         self.embedder, self.chunks = embedder, chunks
         self.matrix = embedder.encode([c.text for c in chunks], normalize_embeddings=True, show_progress_bar=False)
 
-    def search(self, questions: list[str], k: int) -> list[list]:
+    def search_scored(self, questions: list[str], k: int) -> list[list[tuple]]:
+        """[(chunk, cosine similarity)] per question, best first."""
         queries = self.embedder.encode(questions, normalize_embeddings=True, show_progress_bar=False)
-        order = np.argsort(-(queries @ self.matrix.T), axis=1)[:, :k]
-        return [[self.chunks[i] for i in row] for row in order]
+        similarity = queries @ self.matrix.T
+        order = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+        return [[(self.chunks[i], float(similarity[q, i])) for i in row] for q, row in enumerate(order)]
+
+    def search(self, questions: list[str], k: int) -> list[list]:
+        return [[chunk for chunk, _ in row] for row in self.search_scored(questions, k)]
+
+
+def cited_passage_hit(item, passages) -> bool | None:
+    if item.cite_document is None:
+        return None
+    return any(c.document == item.cite_document and (not item.cite_pages or c.page in item.cite_pages)
+               for c in passages)
+
+
+def keywords_hit(item, passages) -> bool | None:
+    if not item.keywords:
+        return None
+    text = " ".join(c.text for c in passages).lower()
+    return all(k.lower() in text for k in item.keywords)
+
+
+def retrieval_report(items, ranked: list[list], ks=(1, 3, 5, 10)) -> dict:
+    """Per k: share of questions with the cited passage in the top k, and with every keyword in the top k.
+
+    `ranked` holds each question's chunks best first, at least max(ks) deep (or the whole corpus)."""
+    report = {"questions": len(items), "k": {}}
+    for k in ks:
+        row = {}
+        for name, hit in (("cited_passage", cited_passage_hit), ("all_keywords", keywords_hit)):
+            hits = [h for h in (hit(i, passages[:k]) for i, passages in zip(items, ranked)) if h is not None]
+            row[name] = round(sum(hits) / len(hits), 4) if hits else None
+        report["k"][str(k)] = row
+    return report

@@ -1,33 +1,52 @@
-"""`raftune evaluate`: every model of the run answers every test question with retrieved context; scored per answer."""
+"""`raftune evaluate`: every model answers every test question with the same context; every answer is scored.
+
+Outputs (runs/<run>/evaluate/, or --out DIR):
+  answers.jsonl       per answer: the exact prompt, the context ids, the answer, tokens, latency, tokens/s
+  scores.csv          per answer: every metric on the whole answer, and `final_<metric>` on the final answer
+  results.parquet/csv the tidy table (raftune.evaluate.results), also added to the history
+  summary.csv         per model: mean of every metric (`final_...`: on the final answer), weighted_q
+  ci.csv              per model, part and metric: mean, quality-weighted mean, bootstrap 95 % interval
+  retrieval.json      retrieval quality at k = 1, 3, 5, 10
+  answer_cache.jsonl  answers keyed by (model, prompt, parameters): a rerun or a resumed run regenerates nothing
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
+import time
 from pathlib import Path
 
 import pandas as pd
 from tqdm import tqdm
 
 from raftune import RaftuneError
-from raftune.chat import render_prompt
-from raftune.config import RunConfig
-from raftune.data.corpus import corpus_chunks
-from raftune.evaluate.metrics import cosine, keyword_score, rouge_l, weighted_average
-from raftune.evaluate.providers import GGUFProvider, HFProvider
-from raftune.evaluate.retrieval import Retriever, load_embedder
+from raftune.config import RunConfig, config_to_dict
+from raftune.data.generators import ResponseCache
+from raftune.evaluate.metrics import final_answer
+from raftune.evaluate.providers import Answer, check_spec, make_provider
+from raftune.evaluate.recorded import recorded_answer, recorded_models
+from raftune.evaluate.results import config_hash, new_run_id, tidy, write_results
+from raftune.evaluate.retrieval import Retriever, load_embedder, retrieval_report
+from raftune.evaluate.scoring import bootstrap_ci, score_rows, summarise
 from raftune.evaluate.testset import load_testset
-from raftune.manifest import Stage, write_jsonl, write_text
-from raftune.models import load_tokenizer, resolve_base
+from raftune.manifest import Stage, library_versions, write_json, write_jsonl, write_text
 
-METRICS = ["keyword_score", "cosine", "rouge_l", "weighted"]
+# the columns `raftune demo` prints; every metric is in summary.csv
+SHOWN = ["keyword_score", "cosine", "rouge_l", "weighted", "weighted_q", "final_weighted", "quote_grounding",
+         "citation", "tokens_per_s"]
 
 
 def models_of_run(config: RunConfig) -> list[dict]:
     """Base, finetuned (merged HF) and each exported GGUF that exists; prompts use each source's chat template."""
+    from raftune.models import resolve_base
+
     base = resolve_base(config)
-    models = [{"name": "base", "kind": "hf", "path": base, "tokenizer": base}]
+    models = [{"name": "base", "kind": "hf", "path": base}]
     merged = config.stage_dir("merge") / "model"
     if (merged / "config.json").is_file():
-        models.append({"name": "finetuned-hf", "kind": "hf", "path": str(merged), "tokenizer": str(merged)})
+        models.append({"name": "finetuned-hf", "kind": "hf", "path": str(merged)})
         for gguf_type in config.export.types:
             path = config.stage_dir("export") / f"model-{gguf_type}.gguf"
             if path.is_file():
@@ -36,45 +55,158 @@ def models_of_run(config: RunConfig) -> list[dict]:
     return models
 
 
-def retrieval_report(items, contexts) -> dict:
-    """Share of questions whose cited document and page is among the retrieved chunks."""
-    hits = [any(c.document == i.cite_document and c.page in i.cite_pages for c in ctx) for i, ctx in zip(items, contexts)]
-    return {"questions": len(items), "cited_passage_retrieved": round(sum(hits) / len(hits), 4)}
+def model_specs(config: RunConfig) -> list[dict]:
+    cfg = config.evaluate
+    specs = models_of_run(config) if cfg.run_models else []
+    specs += [check_spec(dict(s), f"evaluate.models[{i}]") for i, s in enumerate(cfg.models)]
+    recorded = cfg.recorded
+    if recorded is None:  # answers recorded for this test set lie beside it
+        recorded = sorted(str(p) for p in (Path(cfg.testset).parent / "recorded").glob("*.jsonl"))
+    specs += [{"kind": "recorded", "path": str(p)} for p in recorded]
+    if not specs:
+        raise RaftuneError("evaluate: no models (evaluate.run_models is false and evaluate.models is empty)")
+    return specs
 
 
-def run(config: RunConfig, models: list[dict] | None = None):
+def contexts(config: RunConfig, items, embedder):
+    """(context chunks or texts per item, retrieval report). Retrieved: the top_k passages of the corpus; given:
+    each RAFT row's own documents. The cited passages (for citation correctness) come from the corpus."""
+    cfg = config.evaluate
+    if cfg.context == "given":
+        if any(i.documents is None for i in items):
+            raise RaftuneError(f"{cfg.testset}: evaluate.context=given needs a RAFT test set (rows with their "
+                               f"documents); this is a seed test set, use evaluate.context=retrieved")
+        return [[{"id": f"given/{n}", "text": t} for n, t in enumerate(i.documents)] for i in items], None
+    if cfg.context != "retrieved":
+        raise RaftuneError(f"evaluate.context must be retrieved or given, got '{cfg.context}'")
+    from raftune.data.corpus import corpus_chunks
+
+    chunks = corpus_chunks(config.data)
+    for item in items:
+        if not item.cited_texts and item.cite_document is not None:
+            item.cited_texts = [c.text for c in chunks if c.document == item.cite_document
+                                and (not item.cite_pages or c.page in item.cite_pages)]
+    depth = max([cfg.top_k, *cfg.retrieval_ks])
+    ranked = Retriever(embedder, chunks).search([i.question for i in items], depth)
+    report = retrieval_report(items, ranked, cfg.retrieval_ks)
+    report["top_k"] = cfg.top_k
+    return [[{"id": c.id, "text": c.text} for c in row[:cfg.top_k]] for row in ranked], report
+
+
+def answer_all(config: RunConfig, specs, items, context, cache: ResponseCache) -> list[dict]:
+    cfg = config.evaluate
+    params = {"max_new_tokens": cfg.max_new_tokens, "decoding": "greedy", "repetition_penalty": 1.0}
+    rows = []
+    for spec in specs:
+        if spec["kind"] == "recorded":
+            for name, answers in recorded_models(spec, items).items():
+                for item, ctx in zip(items, context):
+                    rows.append(_row(name, "recorded", item, ctx, None, recorded_answer(answers[item.key]), False))
+            continue
+        provider = make_provider(spec, cfg, config.quantization or None)
+        prompts = [provider.render(item.question, [c["text"] for c in ctx]) for item, ctx in zip(items, context)]
+        model_key = json.dumps([provider.identity, params], sort_keys=True)
+        keys = [ResponseCache.key(model_key, p) for p in prompts]
+        todo = [n for n, key in enumerate(keys) if cache.get(key) is None]
+        with tqdm(total=len(keys), initial=len(keys) - len(todo), desc=f"answers {spec['name']}", unit="question") as bar:
+            try:
+                if todo:
+                    for n, answer in provider.generate([prompts[t] for t in todo]):
+                        cache.put(keys[todo[n]], dataclasses.asdict(answer))  # on disk before the next one
+                        bar.update()
+            except RaftuneError as err:
+                kept = sum(cache.get(k) is not None for k in keys)
+                raise RaftuneError(f"{err}; {kept} of {len(keys)} answers of this model (and all earlier models') "
+                                   f"are kept in {cache.path}, a rerun generates only the rest") from None
+            finally:
+                provider.close()
+        for n, (item, ctx) in enumerate(zip(items, context)):
+            rows.append(_row(spec["name"], spec["kind"], item, ctx, prompts[n], Answer(**cache.get(keys[n])),
+                             n not in todo))
+    return rows
+
+
+def _row(model, kind, item, ctx, prompt, answer: Answer, cached: bool) -> dict:
+    seconds = answer.seconds
+    return {"model": model, "kind": kind, "test_id": item.test_id, "question_id": item.question_id,
+            "question": item.question, "context_ids": [c["id"] for c in ctx], "prompt": prompt,
+            "answer": answer.text, "final_answer": final_answer(answer.text), "reference": item.reference,
+            "keywords": item.keywords, "new_tokens": answer.new_tokens,
+            "seconds": round(seconds, 3) if not math.isnan(seconds) else None, "batch_size": answer.batch_size,
+            "tokens_per_s": round(answer.tokens_per_s, 1) if not math.isnan(seconds) else None, "cached": cached,
+            # for scoring, not written
+            "context": [c["text"] for c in ctx], "cited": item.cited_texts, "weight": item.weight}
+
+
+def evaluate(config: RunConfig, specs: list[dict], out: Path, history: Path) -> tuple[pd.DataFrame, dict]:
+    """Answer, score and write everything into `out`; returns (the shown summary, the manifest outputs)."""
     cfg = config.evaluate
     items = load_testset(cfg.testset)
-    models = models or models_of_run(config)
-    stage = Stage(config, "evaluate", {"testset": cfg.testset, "corpus": config.data.corpus,
-                                       "models": models, "top_k": cfg.top_k})
+    for spec in specs:  # a bad answers file fails now, not after the models have run
+        if spec["kind"] == "recorded":
+            recorded_models(spec, items)
     embedder = load_embedder(cfg.embedding_model)
-    contexts = Retriever(embedder, corpus_chunks(config.data)).search([i.question for i in items], cfg.top_k)
-    rows = []
-    for spec in models:
-        tokenizer = load_tokenizer(spec["tokenizer"])
-        provider = (HFProvider if spec["kind"] == "hf" else GGUFProvider)(spec["name"], spec["path"], cfg.max_new_tokens)
-        for item, ctx in tqdm(list(zip(items, contexts)), desc=f"evaluate {spec['name']}", unit="question"):
-            prompt = render_prompt(tokenizer, item.question, [c.text for c in ctx])
-            answer = provider.generate(prompt)
-            rows.append({"model": spec["name"], "test_id": item.test_id, "question_id": item.question_id,
-                         "question": item.question, "context_ids": [c.id for c in ctx], "answer": answer.text,
-                         "reference": item.reference, "keywords": item.keywords, "new_tokens": answer.new_tokens,
-                         "seconds": round(answer.seconds, 3), "tokens_per_s": round(answer.new_tokens / max(answer.seconds, 1e-9), 1),
-                         "keyword_score": keyword_score(answer.text, item.keywords),
-                         "rouge_l": rouge_l(answer.text, item.reference)})
-        provider.close()
-    sims = cosine(embedder, [r["answer"] for r in rows], [r["reference"] for r in rows])
-    for row, sim in zip(rows, sims):
-        row["cosine"] = float(sim)
-        row["weighted"] = weighted_average(row)
+    context, report = contexts(config, items, embedder)
+    rows = answer_all(config, specs, items, context, ResponseCache(out / "answer_cache.jsonl"))
 
-    table = pd.DataFrame(rows)
-    summary = table.groupby("model", sort=False)[METRICS + ["tokens_per_s"]].mean().round(4)
-    write_jsonl(stage.dir / "answers.jsonl", rows)
-    write_text(stage.dir / "scores.csv", table.drop(columns=["context_ids", "keywords"]).to_csv(index=False))
-    write_text(stage.dir / "summary.csv", summary.to_csv())
-    stage.outputs = {"answers": len(rows), "summary": summary.to_dict(orient="index"),
-                     "retrieval": retrieval_report(items, contexts)}
+    scores = score_rows(rows, embedder)
+    digest = config_hash(config_to_dict(config))
+    when = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    run_id = new_run_id(config.run, digest)
+    full = scores[scores.part == "full"].drop(columns="part").reset_index(drop=True)
+    final = scores[scores.part == "final"].drop(columns=["part", "weight"]).reset_index(drop=True)
+    answers = pd.DataFrame(rows).drop(columns=["context", "cited", "weight"])
+    wide = answers[["model", "test_id", "question_id", "question", "answer", "reference", "new_tokens", "seconds",
+                    "tokens_per_s"]].merge(full, on=["model", "test_id", "question_id"])
+    wide = wide.merge(final.rename(columns=lambda c: c if c in ("model", "test_id", "question_id") else f"final_{c}"),
+                      on=["model", "test_id", "question_id"])
+    summary = summarise(scores, "full").join(summarise(scores, "final").add_prefix("final_"))
+    speed = answers.groupby("model", sort=False)[["tokens_per_s", "seconds"]].mean()
+    summary = summary.join(speed).rename(columns={"seconds": "latency_s"})
+    ci = bootstrap_ci(scores, cfg.bootstrap_resamples)
+
+    write_jsonl(out / "answers.jsonl", answers.to_dict(orient="records"))
+    write_text(out / "scores.csv", wide.to_csv(index=False))
+    write_text(out / "summary.csv", summary.round(4).to_csv())
+    write_text(out / "ci.csv", ci.round(4).to_csv(index=False))
+    if report is not None:
+        write_json(out / "retrieval.json", report)
+    files = write_results(tidy(scores, run_id, config.run, digest, when), out, history)
+    shown = summary[SHOWN].round(4)
+    outputs = {"run_id": run_id, "config_hash": digest, "answers": len(rows),
+               "generated": sum(not r["cached"] for r in rows if r["kind"] != "recorded"),
+               "models": list(summary.index), "summary": shown.to_dict(orient="index"), "retrieval": report, **files}
+    print(f"evaluate: {len(items)} questions x {len(summary)} models -> {out} (run id {run_id})")
+    if report is not None:
+        print("retrieval: " + ", ".join(f"k={k}: cited passage {v['cited_passage']}, all keywords {v['all_keywords']}"
+                                        for k, v in report["k"].items()))
+    return shown, outputs
+
+
+def history_dir(config: RunConfig, default: Path) -> Path:
+    return Path(config.evaluate.history) if config.evaluate.history else default
+
+
+def run(config: RunConfig):
+    cfg = config.evaluate
+    specs = model_specs(config)
+    stage = Stage(config, "evaluate", {"testset": cfg.testset, "corpus": config.data.corpus, "context": cfg.context,
+                                       "models": specs, "top_k": cfg.top_k})
+    summary, stage.outputs = evaluate(config, specs, stage.dir, history_dir(config, Path(config.runs_dir) / "history"))
     stage.finish()
+    return summary
+
+
+def score_file(config: RunConfig, testset: str, answers: str, out: str):
+    """`raftune evaluate --testset PATH --answers FILE --out DIR`: score a recorded-answers file alone."""
+    out = Path(out)
+    config = dataclasses.replace(config, evaluate=dataclasses.replace(config.evaluate, testset=testset))
+    started = time.time()
+    specs = [{"kind": "recorded", "path": answers}]
+    summary, outputs = evaluate(config, specs, out, history_dir(config, out / "history"))
+    write_json(out / "manifest.json", {"stage": "evaluate", "run": config.run,
+                                       "inputs": {"testset": testset, "answers": answers, "corpus": config.data.corpus},
+                                       "outputs": outputs, "config": config_to_dict(config),
+                                       "versions": library_versions(), "seconds": round(time.time() - started, 2),
+                                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return summary

@@ -1,0 +1,209 @@
+"""Evaluation without models: recorded answers, test sets, retrieval report, tidy results, history, bootstrap CIs,
+and the clear errors for bad input."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from raftune import RaftuneError
+from raftune.cli import main
+from raftune.data.corpus import Chunk
+from raftune.evaluate import stage
+from raftune.evaluate.recorded import read_recorded
+from raftune.evaluate.results import read_history
+from raftune.evaluate.retrieval import retrieval_report
+from raftune.evaluate.scoring import bootstrap_ci
+from raftune.evaluate.testset import Item, load_testset
+
+from conftest import MINI, mini_config
+
+TESTSET = MINI / "testset.json"
+
+
+def write_answers(path, rows):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def reference_answers(model="reference"):
+    return [{"model": model, "test_id": i.test_id, "question_id": i.question_id, "answer": i.reference}
+            for i in load_testset(TESTSET)]
+
+
+@pytest.fixture(scope="module")
+def scored_reference(tmp_path_factory):
+    """The mini test set's reference answers, recorded and scored alone."""
+    tmp = tmp_path_factory.mktemp("reference")
+    answers = write_answers(tmp / "answers.jsonl", reference_answers())
+    config = mini_config(tmp / "runs")
+    summary = stage.score_file(config, str(TESTSET), str(answers), str(tmp / "out"))
+    return tmp / "out", summary
+
+
+def test_reference_answers_score_keyword_and_rouge_one_for_every_question(scored_reference):
+    out, summary = scored_reference
+    scores = pd.read_csv(out / "scores.csv")
+    assert len(scores) == 8  # 4 tests x 2 phrasings
+    for metric in ("keyword_score", "rouge_1", "rouge_2", "rouge_l", "edit_similarity", "jaccard"):
+        assert (scores[metric] == 1.0).all(), metric
+    assert np.allclose(scores["bleu"], 1.0) and np.allclose(scores["cosine"], 1.0, atol=1e-5)
+    assert summary.loc["reference", "weighted"] == pytest.approx(1.0, abs=1e-6)
+    # a reference has no <ANSWER>: line, so its final answer is the whole answer: the same perfect scores
+    assert (scores["final_rouge_l"] == 1.0).all() and (scores["answer_marker"] == 0.0).all()
+
+
+def test_results_are_one_tidy_table_with_run_id_time_and_config_hash(scored_reference):
+    out, _ = scored_reference
+    table = pd.read_parquet(out / "results.parquet")
+    assert list(table.columns) == ["run_id", "time", "config_hash", "run", "model", "test_id", "question_id", "part",
+                                   "metric", "score", "weight"]
+    assert table.run_id.nunique() == 1 and table.config_hash.str.fullmatch(r"[0-9a-f]{12}").all()
+    assert set(table.part) == {"full", "final"}
+    keyword = table[(table.metric == "keyword_score") & (table.part == "full")]
+    assert len(keyword) == 8 and (keyword.score == 1.0).all()
+    csv = pd.read_csv(out / "results.csv")
+    assert len(csv) == len(table)
+    # the seed's quality weight: specificity x relevance (phrasing 2 of each mini test has specificity 0.5)
+    assert sorted(keyword.weight.unique()) == [0.5, 1.0]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["outputs"]["run_id"] == table.run_id[0] and manifest["outputs"]["generated"] == 0
+
+
+def test_runs_accumulate_in_the_history(tmp_path):
+    config = mini_config(tmp_path / "runs", f"evaluate.history={tmp_path / 'history'}")
+    answers = write_answers(tmp_path / "a.jsonl", reference_answers())
+    stage.score_file(config, str(TESTSET), str(answers), str(tmp_path / "one"))
+    half = [dict(r, answer=r["answer"][: len(r["answer"]) // 2]) for r in reference_answers()]
+    stage.score_file(config, str(TESTSET), str(write_answers(tmp_path / "b.jsonl", half)), str(tmp_path / "two"))
+    history = read_history(tmp_path / "history")
+    assert history.run_id.nunique() == 2
+    means = history[(history.metric == "rouge_l") & (history.part == "full")].groupby("run_id", sort=False).score.mean()
+    assert means.iloc[0] == 1.0 and means.iloc[1] < 1.0  # oldest first
+
+
+def test_retrieval_report_at_each_k():
+    chunks = [Chunk(f"d/{n}", doc, page, "", text) for n, (doc, page, text) in
+              enumerate([("a", 1, "Die Frist beträgt 14 Tage."), ("b", 2, "Der Beitrag ist 180 Euro."),
+                         ("a", 2, "Prüfung zweimal wiederholbar.")])]
+    items = [Item(1, 1, "q", 1, 1, "r", ["14 Tage"], "a", [1]),
+             Item(2, 1, "q", 1, 1, "r", ["180 Euro", "Prüfung"], "a", [2])]
+    ranked = [[chunks[0], chunks[1], chunks[2]], [chunks[1], chunks[0], chunks[2]]]
+    report = retrieval_report(items, ranked, ks=(1, 2, 3))
+    assert report["k"]["1"] == {"cited_passage": 0.5, "all_keywords": 0.5}
+    assert report["k"]["2"] == {"cited_passage": 0.5, "all_keywords": 0.5}
+    assert report["k"]["3"] == {"cited_passage": 1.0, "all_keywords": 1.0}
+
+
+def test_bootstrap_resamples_tests_and_matches_scipy():
+    from scipy.stats import bootstrap
+
+    rng = np.random.default_rng(1)
+    rows = [{"model": "m", "test_id": t, "question_id": q, "part": "full", "weight": 1.0, "rouge_l": rng.random()}
+            for t in range(1, 11) for q in (1, 2, 3)]
+    scores = pd.DataFrame(rows)
+    for metric in ("keyword_score", "cosine", "edit_similarity", "rouge_1", "rouge_2", "jaccard", "weighted", "bleu",
+                   "quote_grounding", "citation", "answer_marker"):
+        scores[metric] = 0.5
+    ci = bootstrap_ci(scores, resamples=500).set_index("metric")
+    per_test = scores.groupby("test_id").rouge_l.mean().to_numpy()
+    expected = bootstrap((per_test,), np.mean, n_resamples=500, method="percentile",
+                         rng=np.random.default_rng(0)).confidence_interval
+    assert ci.loc["rouge_l", "ci_low"] == pytest.approx(expected.low)
+    assert ci.loc["rouge_l", "ci_high"] == pytest.approx(expected.high)
+    assert ci.loc["rouge_l", "ci_low"] < scores.rouge_l.mean() < ci.loc["rouge_l", "ci_high"]
+    assert ci.loc["rouge_l", "tests"] == 10 and ci.loc["rouge_l", "questions"] == 30
+    assert ci.loc["cosine", "ci_low"] == ci.loc["cosine", "ci_high"] == 0.5  # no spread, no interval
+
+
+def test_answers_file_with_a_missing_question_is_a_clear_error(tmp_path, capsys):
+    rows = reference_answers()
+    del rows[5]  # test 3, question 2
+    answers = write_answers(tmp_path / "answers.jsonl", rows)
+    config = mini_config(tmp_path / "runs")
+    with pytest.raises(RaftuneError, match=r"answers.jsonl: model 'reference' has no answer for test 3 question 2 "
+                                           r"\(1 of 8 questions missing"):
+        stage.score_file(config, str(TESTSET), str(answers), str(tmp_path / "out"))
+    assert main(["evaluate", "--testset", str(TESTSET), "--answers", str(answers), "--out", str(tmp_path / "out"),
+                 f"runs_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith(f"raftune: error: {answers}: model 'reference'")  # before any model
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"model": "m", "test_id": 1, "question_id": 1}', "line 2: missing field 'answer'"),
+    ('{"model": "m", "test_id": "1", "question_id": 1, "answer": "x"}', "line 2: field 'test_id' must be int, got str"),
+    ('{"model": "m", "test_id": 1, ', "line 2: not valid JSON"),
+    ('{"model": "m", "test_id": 1, "question_id": 1, "answer": "y"}', "line 2: model 'm' answers test 1 question 1 twice"),
+])
+def test_malformed_answers_lines_name_file_line_and_field(tmp_path, line, message):
+    path = tmp_path / "answers.jsonl"
+    path.write_text('{"model": "m", "test_id": 1, "question_id": 1, "answer": "x"}\n' + line + "\n")
+    with pytest.raises(RaftuneError, match=f"^{path}: {message}"):
+        read_recorded(path)
+
+
+def test_testset_answer_without_keywords_is_a_clear_error(tmp_path):
+    data = json.loads(TESTSET.read_text())
+    del data["tests"][2]["answers"][0]["keywords"]
+    bad = tmp_path / "testset.json"
+    bad.write_text(json.dumps(data))
+    with pytest.raises(RaftuneError, match=rf"^{bad}: tests\[2\]: field 'answers\[0\].keywords' must be a non-empty "
+                                           r"list of strings, got None$"):
+        load_testset(bad)
+    data["tests"][2]["answers"][0]["keywords"] = []
+    bad.write_text(json.dumps(data))
+    with pytest.raises(RaftuneError, match=r"tests\[2\]: field 'answers\[0\].keywords' must be a non-empty list"):
+        load_testset(bad)
+
+
+def test_raft_held_out_split_with_given_context(tmp_path):
+    """The data stage's held-out RAFT rows as the test set: each row's own documents are the context."""
+    from raftune.data import stage as data_stage
+
+    config = mini_config(tmp_path / "runs")
+    eval_rows = data_stage.run(config) / "hf_eval.jsonl"
+    items = load_testset(eval_rows)
+    rows = [json.loads(line) for line in eval_rows.read_text().splitlines()]
+    assert len(items) == len(rows) == 2 and items[0].keywords == [] and items[0].documents == rows[0]["documents"]
+    assert items[0].reference == rows[0]["answer"] and {i.test_id for i in items} == {1}  # two draws, one question
+    # a model that answers with the training target: its quotes are grounded in the given documents and cite the
+    # oracle when the row has one
+    answers = [{"model": "target", "test_id": i.test_id, "question_id": i.question_id, "answer": r["cot_answer"]}
+               for i, r in zip(items, rows)]
+    config = mini_config(tmp_path / "runs", "evaluate.context=given")
+    stage.score_file(config, str(eval_rows), str(write_answers(tmp_path / "a.jsonl", answers)), str(tmp_path / "out"))
+    scores = pd.read_csv(tmp_path / "out" / "scores.csv")
+    with_oracle = [r["oracle_index"] is not None for r in rows]
+    assert scores.quote_grounding.tolist() == [1.0 if o else 0.0 for o in with_oracle]
+    assert (scores.citation == 1.0).all() and (scores.final_rouge_l == 1.0).all()
+    assert scores.keyword_score.isna().all()  # RAFT rows have no keywords: left out, not zero
+    assert not (tmp_path / "out" / "retrieval.json").exists()
+
+
+def test_given_context_needs_a_raft_test_set(tmp_path):
+    config = mini_config(tmp_path / "runs", "evaluate.context=given")
+    answers = write_answers(tmp_path / "a.jsonl", reference_answers())
+    with pytest.raises(RaftuneError, match="evaluate.context=given needs a RAFT test set"):
+        stage.score_file(config, str(TESTSET), str(answers), str(tmp_path / "out"))
+
+
+def test_the_demo_recorded_baseline_answers_every_demo_question():
+    """datasets/demo/recorded joins the demo's comparison: one answer per question, quoting its top passage."""
+    from raftune.evaluate.recorded import recorded_models
+
+    items = load_testset("datasets/demo/testset.json")
+    models = recorded_models({"kind": "recorded", "path": "datasets/demo/recorded/extractive-baseline.jsonl"}, items)
+    assert list(models) == ["extractive-baseline"] and len(models["extractive-baseline"]) == len(items) == 54
+    assert all("##begin_quote##" in r["answer"] and "<ANSWER>:" in r["answer"] for r in models["extractive-baseline"].values())
+
+
+def test_quote_metrics_are_nan_when_nothing_is_quoted(scored_reference):
+    out, _ = scored_reference
+    scores = pd.read_csv(out / "scores.csv")
+    assert scores.quote_grounding.isna().all() and scores.citation.isna().all()
+    ci = pd.read_csv(out / "ci.csv")
+    row = ci[(ci.metric == "quote_grounding") & (ci.part == "full")].iloc[0]
+    assert row.questions == 0 and math.isnan(row["mean"])

@@ -1,0 +1,228 @@
+"""Providers: an OpenAI-compatible endpoint (a stub server here: retries, a clear error, nothing lost, the key never
+written), and on the mini run's tiny models: batched HF generation, base + adapter, the answer cache, and
+llama.cpp's server answering like the GGUF in-process."""
+
+import dataclasses
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from raftune import RaftuneError
+from raftune.evaluate import stage
+from raftune.evaluate.providers import GGUFProvider, HFProvider
+from raftune.evaluate.testset import load_testset
+
+from conftest import MINI, mini_config
+
+SECRET = "sk-eval-0123456789-never-write-me"
+
+
+class Stub:
+    """A chat-completions endpoint that answers with a quote of the question, and fails (HTTP 503) once `fail_after`
+    answers have been given."""
+
+    def __init__(self):
+        self.requests, self.answered, self.fail_after, self.keys = 0, 0, None, set()
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                stub.requests += 1
+                stub.keys.add(self.headers.get("Authorization"))
+                if stub.fail_after is not None and stub.answered >= stub.fail_after:
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                stub.answered += 1
+                question = body["messages"][0]["content"].rsplit("Question: ", 1)[1]
+                reply = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                         "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                             "role": "assistant", "content": f"##begin_quote##{question}##end_quote##\n<ANSWER>: ja"}}],
+                         "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}}
+                data = json.dumps(reply).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def stub():
+    server = Stub()
+    yield server
+    server.server.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def endpoint_config(tmp_path, *models):
+    config = mini_config(tmp_path / "runs", "evaluate.run_models=false", "evaluate.recorded=[]")
+    config.evaluate.models = [{"kind": "openai", "model": "stub", "api_key_env": "STUB_KEY", "max_retries": 1,
+                               "concurrency": 1, **m} for m in models]
+    return config
+
+
+def answers_of(config):
+    return [json.loads(line) for line in (config.stage_dir("evaluate") / "answers.jsonl").read_text().splitlines()]
+
+
+def test_endpoint_answers_are_scored_and_the_key_stays_in_the_environment(stub, tmp_path, monkeypatch):
+    monkeypatch.setenv("STUB_KEY", SECRET)
+    config = endpoint_config(tmp_path, {"name": "api", "base_url": stub.url})
+    summary = stage.run(config)
+    assert list(summary.index) == ["api"] and stub.requests == 8
+    assert stub.keys == {f"Bearer {SECRET}"}
+    rows = answers_of(config)
+    assert all(r["new_tokens"] == 3 and r["seconds"] > 0 and r["tokens_per_s"] > 0 for r in rows)
+    # the stub quotes the question, which is not in the context: the hallucination check catches every quote
+    assert summary.loc["api", "quote_grounding"] == 0.0
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and path.suffix != ".parquet":
+            assert SECRET not in path.read_text(errors="ignore"), path
+
+
+def test_unreachable_endpoint_retries_then_fails_clearly_keeping_earlier_answers(stub, tmp_path, monkeypatch):
+    monkeypatch.setenv("STUB_KEY", SECRET)
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    config = endpoint_config(tmp_path, {"name": "api", "base_url": stub.url}, {"name": "dead", "base_url": dead})
+    with pytest.raises(RaftuneError) as failure:
+        stage.run(config)
+    message = str(failure.value)
+    assert message.startswith(f"model 'dead': endpoint {dead} unreachable after 1 retries (APIConnectionError")
+    assert "0 of 8 answers of this model (and all earlier models') are kept in" in message and "\n" not in message
+    assert stub.requests == 8
+    # the endpoint is back (here: the stub under the dead model's name): only its 8 answers are asked for
+    config.evaluate.models[1]["base_url"] = stub.url
+    config.evaluate.models[1]["model"] = "stub-2"
+    stage.run(config)
+    assert stub.requests == 16
+    manifest = json.loads((config.stage_dir("evaluate") / "manifest.json").read_text())
+    assert manifest["outputs"]["generated"] == 8
+
+
+def test_failure_mid_run_keeps_every_answer_and_the_rerun_asks_only_for_the_rest(stub, tmp_path, monkeypatch):
+    monkeypatch.setenv("STUB_KEY", SECRET)
+    stub.fail_after = 3
+    config = endpoint_config(tmp_path, {"name": "api", "base_url": stub.url})
+    with pytest.raises(RaftuneError, match=r"answered HTTP 503 after 1 retries .*; 3 of 8 answers of this model"):
+        stage.run(config)
+    cache = config.stage_dir("evaluate") / "answer_cache.jsonl"
+    assert len(cache.read_text().splitlines()) == 3
+    # the failing request and its one retry, and at most one more that a worker had already started; the rest were
+    # cancelled
+    assert 3 + 2 <= stub.requests <= 3 + 2 * 2
+    stub.fail_after, before = None, stub.requests
+    stage.run(config)
+    assert stub.requests - before == 5 and len(answers_of(config)) == 8
+
+
+# --- the mini run's tiny models ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def prompts_of(mini_run):
+    config, _ = mini_run
+    from raftune.evaluate.retrieval import load_embedder
+
+    items = load_testset(MINI / "testset.json")
+    context, _ = stage.contexts(config, items, load_embedder(config.evaluate.embedding_model))
+    return lambda provider: [provider.render(i.question, [c["text"] for c in ctx]) for i, ctx in zip(items, context)]
+
+
+def generate(provider, prompts):
+    answers = dict(provider.generate(prompts))
+    provider.close()
+    return [answers[n] for n in range(len(prompts))]
+
+
+def test_batched_generation_answers_like_one_prompt_at_a_time(mini_run, prompts_of):
+    config, _ = mini_run
+    spec = {"name": "ft", "kind": "hf", "path": str(config.stage_dir("merge") / "model")}
+    single = HFProvider(spec, 12, batch_size=1)
+    prompts = prompts_of(single)
+    one = generate(single, prompts)
+    batched = generate(HFProvider(spec, 12, batch_size=4), prompts)
+    assert [a.batch_size for a in batched] == [4] * 8
+    same = sum(a.text == b.text for a, b in zip(one, batched))
+    assert same >= 7, [(a.text, b.text) for a, b in zip(one, batched)]
+
+
+def test_base_plus_adapter_answers_like_the_merged_model(mini_run, prompts_of):
+    """The adapter unmerged in full precision is the merged model up to rounding; in 4 bit it still answers."""
+    config, _ = mini_run
+    manifest = json.loads((config.stage_dir("merge") / "manifest.json").read_text())
+    adapter = str(config.stage_dir("train") / "adapter")
+    base = manifest["inputs"]["base"]
+    merged = generate(HFProvider({"name": "m", "kind": "hf", "path": str(config.stage_dir("merge") / "model")}, 12, 8),
+                      prompts_of(HFProvider({"name": "m", "kind": "hf", "path": str(config.stage_dir("merge") / "model")}, 12, 8)))
+    unmerged_provider = HFProvider({"name": "a", "kind": "hf", "path": base, "adapter": adapter}, 12, 8)
+    unmerged = generate(unmerged_provider, prompts_of(unmerged_provider))
+    if manifest["outputs"].get("method", "pristine").startswith("pristine"):
+        assert sum(a.text == b.text for a, b in zip(merged, unmerged)) >= 6
+    four_bit = HFProvider({"name": "q", "kind": "hf", "path": base, "adapter": adapter, "load_in_4bit": True}, 12, 8,
+                          config.quantization)
+    answers = generate(four_bit, prompts_of(four_bit))
+    assert len(answers) == 8 and all(0 < a.new_tokens <= 12 for a in answers)
+    assert four_bit.identity != unmerged_provider.identity  # cached apart
+
+
+def test_rerun_regenerates_nothing(mini_run):
+    """The mini run's evaluation again: every answer comes from the cache, the table is the same."""
+    config, summary = mini_run
+    before = answers_of(config)
+    again = stage.run(config)
+    manifest = json.loads((config.stage_dir("evaluate") / "manifest.json").read_text())
+    assert manifest["outputs"]["generated"] == 0
+    assert [r["answer"] for r in answers_of(config)] == [r["answer"] for r in before]
+    assert again[["keyword_score", "rouge_l", "weighted"]].equals(summary[["keyword_score", "rouge_l", "weighted"]])
+
+
+def test_llama_cpp_server_answers_like_the_gguf_in_process(mini_run, prompts_of, tmp_path):
+    """api: completions sends raftune's rendered prompt, so the server's answers are the in-process GGUF's."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    config, _ = mini_run
+    gguf, tokenizer = config.stage_dir("export") / "model-f16.gguf", str(config.stage_dir("merge") / "model")
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+                               "--port", str(port), "--n_ctx", "4096", "--verbose", "false"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{url}/models", timeout=1)
+                break
+            except OSError:
+                assert server.poll() is None, "llama_cpp.server exited"
+                time.sleep(0.5)
+        local = GGUFProvider({"name": "g", "kind": "gguf", "path": str(gguf), "tokenizer": tokenizer}, 12)
+        expected = [a.text for a in generate(local, prompts_of(local))]
+        remote_config = dataclasses.replace(config, runs_dir=str(tmp_path), evaluate=dataclasses.replace(
+            config.evaluate, run_models=False, recorded=[], models=[
+                {"name": "server", "kind": "openai", "base_url": url, "model": "tiny", "api": "completions",
+                 "tokenizer": tokenizer, "extra_body": {"repeat_penalty": 1.0}}]))
+        stage.run(remote_config)
+        got = [r["answer"] for r in answers_of(remote_config)]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert sum(a == b for a, b in zip(expected, got)) >= 7, list(zip(expected, got))
