@@ -12,6 +12,8 @@ from raftune.export.stage import export, export_lora
 from raftune.merge import merge
 from raftune.models import load_model, load_tokenizer
 
+from conftest import mini_config
+
 REPORT_KEYS = {"gguf_type", "tokenization_match", "top1_agreement", "nmse", "kl_mean", "kl_p99", "greedy_agreement"}
 
 
@@ -68,6 +70,35 @@ def test_bf16_to_f16_overflow_is_caught(setup, tmp_path):
     assert any("NMSE inf" in p for p in fidelity.gate(report))
     export(big, tmp_path / "big-bf16.gguf", "bf16")  # bf16 keeps the range: the same model passes
     assert not fidelity.gate(fidelity.compare(big, tmp_path / "big-bf16.gguf", prompts[:2], greedy_tokens=8))
+
+
+def test_pad_token_equal_to_eos_is_caught(setup, tmp_path):
+    """Training with pad == EOS and labels masked by pad id never teaches EOS: HF and GGUF still agree with each
+    other, but P(EOS) after the held-out reference answers falls far below the untouched base's (measured: 18x);
+    trained the right way on the same rows for the same 60 steps it stays at the base's level."""
+    import shutil
+
+    from raftune import merge as merge_stage, train
+    from raftune.export.stage import references
+    from raftune.models import resolve_base
+
+    config, _, _, prompts = setup
+    reports = {}
+    for name, collator in (("right", None), ("pad-eos", failure_modes.PadIsEosCollator)):
+        run = mini_config(tmp_path / "runs", f"run={name}", "sft.max_steps=60", "sft.eval_strategy=no")
+        shutil.copytree(config.stage_dir("data"), run.stage_dir("data"))
+        train.run(run, make_collator=collator)
+        hf = merge_stage.run(run)
+        export(hf, tmp_path / f"{name}.gguf", "f16")
+        refs = references(run)
+        reports[name] = fidelity.compare(hf, tmp_path / f"{name}.gguf", prompts[:2], greedy_tokens=8, references=refs)
+        reports[name]["base_eos_probability"] = fidelity.base_eos_probability(resolve_base(run), refs)
+    right, broken = reports["right"], reports["pad-eos"]
+    assert not fidelity.gate(right) and right["eos_probability"] > 10 * broken["eos_probability"]
+    assert broken["tokenization_match"] and broken["nmse"] <= 1e-4  # the conversion itself is fine
+    assert broken["eos_probability"] < broken["base_eos_probability"] / 10
+    problems = fidelity.gate(broken)
+    assert len(problems) == 1 and "EOS suppressed" in problems[0]
 
 
 def test_merge_methods_and_the_unsafe_4bit_merge(setup, tmp_path):

@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     fid.add_argument("--hf", required=True, help="the HF model folder (reference)")
     fid.add_argument("--gguf", required=True, help="the GGUF file to check")
     fid.add_argument("--prompts", help='JSONL of {"question", "documents"} (default: the test set with retrieved context)')
+    fid.add_argument("--references", help='JSONL of RAFT rows {"question", "documents", "cot_answer"} for the EOS '
+                     'check, e.g. runs/<run>/data/hf_eval.jsonl (default: no EOS check)')
     fid.add_argument("--mode", default="template", choices=["template", "raw", "double-bos", "text-control"],
                      help="how llama.cpp is prompted: template (right), or one of the seed's mistakes on purpose")
     fid.add_argument("--json", required=True, help="where to write the JSON report")
@@ -136,7 +138,7 @@ def _export_tool(args, config) -> int:
         print(f"export: wrote GGUF LoRA {facts['path']} ({facts['bytes'] / 1e6:.1f} MB)")
         return 0
     stage.run_one(args.model, args.out, args.type.lower(), lambda: _fidelity_prompts(config, args.model, None),
-                  {"max_nmse": config.export.max_nmse, "min_top1": config.export.min_top1}, config.export.greedy_tokens)
+                  config.export.limits(), config.export.greedy_tokens)
     return 0
 
 
@@ -156,11 +158,14 @@ def _fidelity_prompts(config, hf_dir, prompts_file):
 def _fidelity_tool(args, config) -> int:
     from raftune.export import fidelity
 
+    from raftune.manifest import write_json
+
+    references = fidelity.load_references_file(args.references) if args.references else None
     report = fidelity.compare(args.hf, args.gguf, _fidelity_prompts(config, args.hf, args.prompts), mode=args.mode,
-                              greedy_tokens=config.export.greedy_tokens)
-    problems = fidelity.gate(report, {"max_nmse": config.export.max_nmse, "min_top1": config.export.min_top1})
+                              greedy_tokens=config.export.greedy_tokens, references=references)
+    problems = fidelity.gate(report, config.export.limits())
     report["passed"], report["problems"] = not problems, problems
-    fidelity.write_report(report, args.json)
+    write_json(args.json, report)
     print(fidelity.markdown_table([report]), end="")
     if problems:
         raise RaftuneError(f"{args.gguf}: fidelity gate failed: {'; '.join(problems)} (report: {args.json})")

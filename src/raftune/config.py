@@ -75,10 +75,16 @@ class ExportConfig:
     types: list[str] = field(default_factory=lambda: ["f16", "q8_0"])
     max_nmse: float = 1e-3  # fidelity gate for f32/f16/bf16: logits NMSE against the HF model ...
     min_top1: float = 0.99  # ... and the share of positions whose most likely token is the same
+    # every type: mean P(EOS) right after the held-out reference answers may not fall below the untouched base's
+    # divided by this (a model trained with EOS masked out of its labels never stops)
+    max_eos_drop: float = 10.0
     fidelity_prompts: int | None = None  # test-set questions used by the fidelity report (None: one per test)
     greedy_tokens: int = 64  # greedy continuation compared token by token
     compare_base: bool = True  # quantised types: also quantise the untouched base and compare against it
     lora_adapter: bool = False  # also write the adapter alone as a GGUF LoRA (adapter-f16.gguf)
+
+    def limits(self) -> dict:
+        return {"max_nmse": self.max_nmse, "min_top1": self.min_top1, "max_eos_drop": self.max_eos_drop}
 
 
 @dataclass

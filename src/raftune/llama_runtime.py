@@ -5,11 +5,14 @@ the AMX machines raftune is tested on, llama.cpp 0c1e570 (llama-cpp-python 0.3.3
 `ggml_backend_amx_mul_mat` on the first q8_0 matrix product. llama.cpp's `use_extra_bufts=false` model parameter
 turns the extra buffers off; llama-cpp-python does not expose it, so we set it on the default parameters it
 starts from. The plain CPU kernels compute the same products, only without the repacked layout.
+
+llama-cpp-python generates on half the cores by default (one thread on a 2-core machine); raftune uses them all.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 
 from raftune import RaftuneError
 
@@ -40,7 +43,7 @@ def open_gguf(path, n_ctx: int = 4096, logits_all: bool = False, n_threads: int 
     read_gguf(path)  # a clear one-line error for a missing, truncated or foreign file, before llama.cpp aborts
     with _without_extra_buffers():
         try:
-            return Llama(model_path=str(path), n_ctx=n_ctx, logits_all=logits_all, n_threads=n_threads,
-                         seed=0, verbose=False)
+            return Llama(model_path=str(path), n_ctx=n_ctx, logits_all=logits_all,
+                         n_threads=n_threads or len(os.sched_getaffinity(0)), seed=0, verbose=False)
         except ValueError as err:
             raise RaftuneError(f"{path}: llama.cpp could not load it ({err})") from None

@@ -212,7 +212,9 @@ def sample_prompts(config: RunConfig, tokenizer, rows) -> list[str]:
             for r in rows]
 
 
-def run(config: RunConfig, resume: bool = False):
+def run(config: RunConfig, resume: bool = False, make_collator=None):
+    """Train the recipe's adapter. `make_collator(tokenizer)` replaces the data collator: only for reproducing a
+    training mistake on purpose (raftune.export.failure_modes.PadIsEosCollator)."""
     examples = load_examples(config)  # fails on a missing file or column before any model is loaded
     base = resolve_base(config)
     stage = Stage(config, "train", {"approach": config.train.approach, "data": str(config.stage_dir("data")),
@@ -236,6 +238,8 @@ def run(config: RunConfig, resume: bool = False):
                                            sample_prompts(config, tokenizer, examples["eval"]),
                                            config.train.sample_max_new_tokens))
     trainer = make_trainer(config, base, tokenizer, train_set, eval_set, stage.dir, callbacks)
+    if make_collator is not None:
+        trainer.data_collator = make_collator(tokenizer)
     checkpoints = sorted((stage.dir / "checkpoints").glob("checkpoint-*"))
     if resume and not checkpoints:
         print(f"train: --resume given but no checkpoint in {stage.dir / 'checkpoints'}; starting from step 0")

@@ -5,6 +5,8 @@ control tokens tokenised as text). File- and weight-side ones are made here from
 - `broken_qk_layout`: q/k weights left in Hugging Face's rotary layout (llama.cpp expects them permuted);
 - `control_tokens_as_text`: [INST]/[/INST] typed as normal tokens in the GGUF's vocabulary;
 - `overflowing_copy`: a bf16 model holding values beyond float16's range (65504), which an f16 export turns into inf;
+- `PadIsEosCollator`: training with pad token == EOS and a collator that masks labels by pad token id, so the
+  EOS that ends every answer is never a label and the model never learns to stop;
 - merging into the 4-bit model is `raftune merge --unsafe-4bit` (see raftune/merge.py).
 """
 
@@ -84,3 +86,26 @@ def overflowing_copy(model_dir, out_dir, factor: float = 1e6, layer: int = 0) ->
     model.to(torch.bfloat16).save_pretrained(str(out_dir))
     save_tokenizer(load_tokenizer(str(model_dir)), str(model_dir), out_dir)
     return Path(out_dir)
+
+
+class PadIsEosCollator:
+    """The common mistake, with transformers' own `DataCollatorForLanguageModeling`: the tokenizer's pad token set
+    to EOS, and labels masked where the token id equals the pad id, which masks every EOS. The prompt stays masked
+    as in raftune's `MaskedCollator`, so the id-based masking is the only difference (use it as a Trainer's
+    `data_collator`)."""
+
+    def __init__(self, tokenizer):
+        import copy
+
+        from transformers import DataCollatorForLanguageModeling
+
+        tokenizer = copy.deepcopy(tokenizer)
+        tokenizer.pad_token, tokenizer.padding_side = tokenizer.eos_token, "right"
+        self.library = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+
+    def __call__(self, examples: list[dict]) -> dict:
+        batch = self.library([{"input_ids": e["input_ids"]} for e in examples])  # labels -100 wherever id == EOS
+        for row, e in enumerate(examples):  # and on the prompt (trl hands over labels, raftune a completion mask)
+            keep = e["completion_mask"] if "completion_mask" in e else [label != -100 for label in e["labels"]]
+            batch["labels"][row, :len(keep)][~torch.tensor(keep, dtype=torch.bool)] = -100
+        return batch

@@ -11,7 +11,12 @@ retrieved context, rendered with the training chat template):
   Where the token sequences differ, positions do not line up and only the first answer token's distribution
   (the last prompt position) is compared;
 - greedy continuation over `greedy_tokens` tokens: the share that agrees before the first divergence, and
-  whether EOS comes where the HF model puts it.
+  whether EOS comes where the HF model puts it;
+- with `references` (held-out RAFT rows: question, documents, reference answer): the probability of EOS right
+  after each reference answer, teacher-forced, in HF and in the GGUF. HF and GGUF agree with each other on a
+  model that never learned to stop (pad token == EOS, masked out of every label), so the comparison is with the
+  untouched base instead (`base_eos_probability`): training on answers that end in EOS raises it, training with
+  EOS masked pushes it down, and the gate fails when it fell below the base's by more than `max_eos_drop`.
 
 `mode` says how the GGUF side is prompted, so that the seed's prompting mistakes can be reproduced on purpose:
 `template` (right: the rendered prompt, its BOS, control tokens parsed), `raw` (no chat template at all),
@@ -34,7 +39,9 @@ from raftune.chat import encode, render_prompt, user_message
 MODES = ("template", "raw", "double-bos", "text-control")
 # The gate of `raftune export` for the lossless types; quantised types are judged against the same type made from
 # the untouched base model instead (small models lose more to quantisation than 7B ones).
-DEFAULT_GATE = {"max_nmse": 1e-3, "min_top1": 0.99, "require_tokenization_match": True}
+DEFAULT_GATE = {"max_nmse": 1e-3, "min_top1": 0.99, "require_tokenization_match": True,
+                # P(EOS) after the reference answers may not fall below the base's divided by this
+                "max_eos_drop": 10.0}
 LOSSLESS = {"f32", "f16", "bf16"}
 QUANT_TOLERANCE = {"top1_points": 0.01, "kl_ratio": 1.5}
 
@@ -125,9 +132,41 @@ def _agreement(a: list[int], b: list[int], n: int) -> float:
     return same / n
 
 
+def _eos_probability(logits: np.ndarray, eos: int) -> float:
+    return float(np.exp(_log_softmax(logits[None])[0, eos]))
+
+
+def eos_after_references(model, tokenizer, references, llm=None) -> dict:
+    """Mean P(EOS) right after each reference answer (teacher-forced) in HF, and in the GGUF when `llm` is given."""
+    from raftune.chat import render_example
+
+    eos, hf_p, cpp_p = tokenizer.eos_token_id, [], []
+    for question, documents, answer in references:
+        ids = encode(tokenizer, "".join(render_example(tokenizer, question, documents, answer)))
+        end = len(ids) - 1 - ids[::-1].index(eos)  # the answer's EOS (ChatML puts a newline after it)
+        with torch.no_grad():
+            hf_p.append(_eos_probability(model(torch.tensor([ids[:end]])).logits[0, -1].float().numpy(), eos))
+        if llm is not None:
+            llm.reset()
+            llm.eval(ids[:end])
+            cpp_p.append(_eos_probability(np.asarray(llm.scores[end - 1], dtype=np.float32), eos))
+    report = {"eos_references": len(hf_p), "eos_probability_hf": float(np.mean(hf_p))}
+    return report | ({"eos_probability": float(np.mean(cpp_p))} if llm is not None else {})
+
+
+def base_eos_probability(base_dir, references) -> float:
+    """The untouched base's P(EOS) after the same reference answers: what finetuning should raise, never lower."""
+    from raftune.models import load_model, load_tokenizer
+
+    model = load_model(str(base_dir)).eval()
+    return eos_after_references(model, load_tokenizer(str(base_dir)), references)["eos_probability_hf"]
+
+
 def compare(hf_dir, gguf_path, prompts: list[tuple[str, list[str]]], mode: str = "template",
-            greedy_tokens: int = 64, n_ctx: int = 4096) -> dict:
-    """The fidelity report of one GGUF against its HF folder on (question, documents) prompts."""
+            greedy_tokens: int = 64, n_ctx: int = 4096,
+            references: list[tuple[str, list[str], str]] | None = None) -> dict:
+    """The fidelity report of one GGUF against its HF folder on (question, documents) prompts, and on
+    (question, documents, answer) references for the EOS check."""
     from raftune.llama_runtime import open_gguf
     from raftune.models import load_model, load_tokenizer
 
@@ -163,6 +202,7 @@ def compare(hf_dir, gguf_path, prompts: list[tuple[str, list[str]]], mode: str =
             "eos_hf": hf_gen.index(eos) if eos in hf_gen else None,
             "eos_gguf": cpp_gen.index(eos) if eos in cpp_gen else None,
             "greedy_hf": tokenizer.decode(hf_gen), "greedy_gguf": tokenizer.decode(cpp_gen)})
+    eos_check = eos_after_references(model, tokenizer, references, llm) if references else {}
     llm.close()
     kl = np.asarray(kls)
     return {
@@ -175,7 +215,7 @@ def compare(hf_dir, gguf_path, prompts: list[tuple[str, list[str]]], mode: str =
         "kl_mean": float(kl.mean()), "kl_p99": float(np.percentile(kl, 99)),
         "greedy_tokens": greedy_tokens, "greedy_agreement": float(np.mean([p["greedy_agreement"] for p in per_prompt])),
         "eos_agreement": float(np.mean([p["eos_hf"] == p["eos_gguf"] for p in per_prompt])),
-        "per_prompt": per_prompt,
+        **eos_check, "per_prompt": per_prompt,
     }
 
 
@@ -196,6 +236,11 @@ def gate(report: dict, thresholds: dict | None = None) -> list[str]:
         if not report["top1_agreement"] >= limits["min_top1"]:
             problems.append(f"{report['gguf_type']} top-1 agreement {report['top1_agreement']:.2%} < "
                             f"{limits['min_top1']:.0%}")
+    if "base_eos_probability" in report and "eos_probability" in report and \
+            not report["eos_probability"] * limits["max_eos_drop"] >= report["base_eos_probability"]:
+        problems.append(f"EOS suppressed by training: P(EOS) after the reference answers {report['eos_probability']:.2g}, "
+                        f"the untouched base's {report['base_eos_probability']:.2g} (the model will not stop; pad "
+                        "token == EOS masked out of the labels?)")
     return problems
 
 
@@ -210,7 +255,8 @@ def against_base(finetuned: dict, base: dict) -> dict:
 
 
 SUMMARY_KEYS = ["gguf_type", "mode", "prompts", "positions", "tokenization_match", "bos_as_hf", "control_tokens_parsed",
-                "top1_agreement", "nmse", "kl_mean", "kl_p99", "greedy_agreement", "eos_agreement"]
+                "top1_agreement", "nmse", "kl_mean", "kl_p99", "greedy_agreement", "eos_agreement", "eos_probability_hf",
+                "eos_probability", "base_eos_probability"]
 
 
 def summary(report: dict) -> dict:
@@ -220,12 +266,13 @@ def summary(report: dict) -> dict:
 
 def markdown_table(reports: list[dict]) -> str:
     cols = ["gguf_type", "tokenization_match", "top1_agreement", "nmse", "kl_mean", "kl_p99", "greedy_agreement",
-            "eos_agreement", "passed"]
+            "eos_agreement", "eos_probability", "base_eos_probability", "passed"]
     fmt = {"top1_agreement": "{:.2%}", "greedy_agreement": "{:.2%}", "eos_agreement": "{:.2%}", "nmse": "{:.2e}",
-           "kl_mean": "{:.2e}", "kl_p99": "{:.2e}"}
+           "kl_mean": "{:.2e}", "kl_p99": "{:.2e}", "eos_probability": "{:.2g}",
+           "base_eos_probability": "{:.2g}"}
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in reports:
-        lines.append("| " + " | ".join(fmt.get(c, "{}").format(r.get(c, "")) for c in cols) + " |")
+        lines.append("| " + " | ".join(fmt.get(c, "{}").format(r[c]) if c in r else "" for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -252,24 +299,31 @@ def plot(reports: list[dict], out_path) -> None:
     plt.close(fig)
 
 
-def write_report(report: dict, json_path) -> None:
-    from raftune.manifest import write_json
-
-    write_json(json_path, report)
-
-
 def load_prompts_file(path) -> list[tuple[str, list[str]]]:
     """JSONL of {"question": str, "documents": [str, ...]} per line."""
+    return [(row["question"], row["documents"]) for row in _jsonl_rows(path, ("question", "documents"))]
+
+
+def load_references_file(path) -> list[tuple[str, list[str], str]]:
+    """JSONL of RAFT rows {"question", "documents", "cot_answer"}, e.g. runs/<run>/data/hf_eval.jsonl."""
+    return [(row["question"], row["documents"], row["cot_answer"])
+            for row in _jsonl_rows(path, ("question", "documents", "cot_answer"))]
+
+
+def _jsonl_rows(path, fields: tuple[str, ...]) -> list[dict]:
     path = Path(path)
     if not path.is_file():
-        raise RaftuneError(f"prompts file not found: {path}")
-    prompts = []
+        raise RaftuneError(f"file not found: {path}")
+    rows = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            prompts.append((str(row["question"]), [str(d) for d in row["documents"]]))
+            if not all(isinstance(row[f], list if f == "documents" else str) for f in fields):
+                raise TypeError("wrong type")
         except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise RaftuneError(f"{path}: line {n}: expected {{\"question\": str, \"documents\": [str]}} ({err})") from None
-    return prompts
+            raise RaftuneError(f"{path}: line {n}: expected the fields {', '.join(fields)} (documents a list of "
+                               f"strings, the others strings) ({err})") from None
+        rows.append(row)
+    return rows

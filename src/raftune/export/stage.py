@@ -94,6 +94,21 @@ def fail(path: Path) -> Path:
     return failed
 
 
+def references(config: RunConfig) -> list[tuple[str, list[str], str]] | None:
+    """Held-out (question, documents, reference answer) rows for the EOS check, as the model was trained on them;
+    none for the docs approach (plain text, no answer turn that ends in EOS)."""
+    from raftune.train import load_examples
+
+    if config.train.approach == "docs":
+        return None
+    rows = load_examples(config)["eval"]
+    if config.train.approach == "raft":
+        refs = [(r["question"], r["documents"], r["cot_answer"]) for r in rows]
+    else:
+        refs = [(r["question"], [r["context"]], r["answer"]) for r in rows]
+    return refs[: config.export.fidelity_prompts] or None
+
+
 def run(config: RunConfig):
     from raftune.data.corpus import corpus_chunks
     from raftune.models import load_tokenizer, resolve_base
@@ -106,24 +121,29 @@ def run(config: RunConfig):
     prompts = fidelity.fidelity_prompts(load_tokenizer(str(model_dir)), config.evaluate.testset,
                                         corpus_chunks(config.data), config.evaluate.embedding_model,
                                         config.evaluate.top_k, cfg.fidelity_prompts)
+    refs = references(config)
+    base_eos = {"base_eos_probability": fidelity.base_eos_probability(resolve_base(config), refs)} if refs else {}
     files, reports, failures = {}, [], []
     for gguf_type in cfg.types:
         print(f"export: {model_dir} -> {gguf_type} with llama.cpp's converter")
         path = stage.dir / f"model-{gguf_type}.gguf"
         files[gguf_type] = export(model_dir, path, gguf_type)
-        report = fidelity.compare(model_dir, path, prompts, greedy_tokens=cfg.greedy_tokens)
+        report = fidelity.compare(model_dir, path, prompts, greedy_tokens=cfg.greedy_tokens, references=refs)
+        report.update(base_eos)
         if gguf_type not in fidelity.LOSSLESS and cfg.compare_base:
             base = resolve_base(config)
             base_path = stage.dir / "base" / f"base-{gguf_type}.gguf"
             export(base, base_path, gguf_type)
             report.update(fidelity.against_base(report, fidelity.compare(base, base_path, prompts,
                                                                          greedy_tokens=cfg.greedy_tokens)))
-        problems = fidelity.gate(report, {"max_nmse": cfg.max_nmse, "min_top1": cfg.min_top1})
+        problems = fidelity.gate(report, cfg.limits())
         report["passed"], report["problems"] = not problems, problems
-        fidelity.write_report(report, stage.dir / f"fidelity-{gguf_type}.json")
+        write_json(stage.dir / f"fidelity-{gguf_type}.json", report)
         reports.append(report)
         print(f"export: {path.name}: top-1 {report['top1_agreement']:.2%}, NMSE {report['nmse']:.2e}, KL mean "
               f"{report['kl_mean']:.2e}, greedy {report['greedy_agreement']:.0%}"
+              + (f", P(EOS) after the reference answers {report['eos_probability']:.2g} (base "
+                 f"{report['base_eos_probability']:.2g})" if base_eos else "")
               + (f"; base {gguf_type}: top-1 {report['base_top1_agreement']:.2%}, KL {report['base_kl_mean']:.2e}"
                  if "base_top1_agreement" in report else ""))
         if problems:
