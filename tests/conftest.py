@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -48,3 +54,31 @@ def mini_run(tmp_path_factory, tiny_cache):
     config = mini_config(tmp_path_factory.mktemp("runs"))
     summary, timings = run_all(config)
     return config, summary
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def llama_server(gguf, n_ctx: int = 2048):
+    """llama-cpp-python's OpenAI-compatible server on a free port, serving `gguf`; yields its /v1 URL."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+                                "--port", str(port), "--n_ctx", str(n_ctx), "--verbose", "false"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{url}/models", timeout=1)
+                break
+            except OSError:
+                assert process.poll() is None, "llama_cpp.server exited"
+                time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

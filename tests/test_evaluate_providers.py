@@ -4,7 +4,6 @@ llama.cpp's server answering like the GGUF in-process."""
 
 import dataclasses
 import json
-import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -15,7 +14,7 @@ from raftune.evaluate import stage
 from raftune.evaluate.providers import GGUFProvider, HFProvider
 from raftune.evaluate.testset import load_testset
 
-from conftest import MINI, mini_config
+from conftest import MINI, free_port, llama_server, mini_config
 
 SECRET = "sk-eval-0123456789-never-write-me"
 
@@ -63,12 +62,6 @@ def stub():
     server = Stub()
     yield server
     server.server.shutdown()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def endpoint_config(tmp_path, *models):
@@ -194,26 +187,9 @@ def test_rerun_regenerates_nothing(mini_run):
 
 def test_llama_cpp_server_answers_like_the_gguf_in_process(mini_run, prompts_of, tmp_path):
     """api: completions sends raftune's rendered prompt, so the server's answers are the in-process GGUF's."""
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
     config, _ = mini_run
     gguf, tokenizer = config.stage_dir("export") / "model-f16.gguf", str(config.stage_dir("merge") / "model")
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-                               "--port", str(port), "--n_ctx", "4096", "--verbose", "false"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{url}/models", timeout=1)
-                break
-            except OSError:
-                assert server.poll() is None, "llama_cpp.server exited"
-                time.sleep(0.5)
+    with llama_server(gguf, n_ctx=4096) as url:
         local = GGUFProvider({"name": "g", "kind": "gguf", "path": str(gguf), "tokenizer": tokenizer}, 12)
         expected = [a.text for a in generate(local, prompts_of(local))]
         remote_config = dataclasses.replace(config, runs_dir=str(tmp_path), evaluate=dataclasses.replace(
@@ -222,7 +198,4 @@ def test_llama_cpp_server_answers_like_the_gguf_in_process(mini_run, prompts_of,
                  "tokenizer": tokenizer, "extra_body": {"repeat_penalty": 1.0}}]))
         stage.run(remote_config)
         got = [r["answer"] for r in answers_of(remote_config)]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     assert sum(a == b for a, b in zip(expected, got)) >= 7, list(zip(expected, got))

@@ -4,49 +4,22 @@ An interrupted build (Ctrl-C after three answers) and its rerun together call th
 API key never reaches a file of the run."""
 
 import json
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
 from raftune.data import stage as data_stage
 from raftune.data.generators import ChatGenerator, ResponseCache
 
-from conftest import mini_config
+from conftest import llama_server, mini_config
 
 SECRET = "sk-test-0123456789-never-write-me"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(mini_run):
     config, _ = mini_run
-    gguf = config.stage_dir("export") / "model-f16.gguf"
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-                                "--port", str(port), "--n_ctx", "2048", "--verbose", "false"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{url}/models", timeout=1)
-                break
-            except OSError:
-                assert process.poll() is None, "llama_cpp.server exited"
-                time.sleep(0.5)
+    with llama_server(config.stage_dir("export") / "model-f16.gguf") as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def test_interrupted_api_build_resumes_without_repeating_calls(server, tmp_path, monkeypatch):
