@@ -161,3 +161,13 @@ def test_export_errors_are_one_line(setup, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert expected in err and "\n" not in err
         assert not list(tmp_path.glob("x*"))  # nothing that looks finished
+
+
+def test_fidelity_cli_reports_eos_after_references(setup, tmp_path):
+    config, hf, f16, _ = setup
+    out = tmp_path / "report.json"
+    assert cli.main(["fidelity", "--hf", str(hf), "--gguf", str(f16), "--json", str(out),
+                     "--references", str(config.stage_dir("data") / "hf_eval.jsonl")]) == 0
+    report = json.loads(out.read_text())
+    assert report["eos_references"] == 2 and 0 < report["eos_probability"] < 1
+    assert abs(report["eos_probability"] - report["eos_probability_hf"]) < 1e-3  # f16 agrees with HF
