@@ -157,7 +157,6 @@ def _fidelity_prompts(config, hf_dir, prompts_file):
 
 def _fidelity_tool(args, config) -> int:
     from raftune.export import fidelity
-
     from raftune.manifest import write_json
 
     references = fidelity.load_references_file(args.references) if args.references else None
