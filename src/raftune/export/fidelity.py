@@ -26,7 +26,6 @@ tokenised as plain text).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -312,19 +311,12 @@ def load_references_file(path) -> list[tuple[str, list[str], str]]:
 
 
 def _jsonl_rows(path, fields: tuple[str, ...]) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise RaftuneError(f"file not found: {path}")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            if not all(isinstance(row[f], list if f == "documents" else str) for f in fields):
-                raise TypeError("wrong type")
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise RaftuneError(f"{path}: line {n}: expected the fields {', '.join(fields)} (documents a list of "
-                               f"strings, the others strings) ({err})") from None
-        rows.append(row)
+    """The rows of a JSONL (or JSON list) file, read by the data loader, each checked for `fields`."""
+    from raftune.data.formats import read_records
+
+    rows, _ = read_records(path)
+    for n, row in enumerate(rows):
+        if not all(isinstance(row.get(f), list if f == "documents" else str) for f in fields):
+            raise RaftuneError(f"{path}: row {n}: expected the fields {', '.join(fields)} (documents a list of "
+                               "strings, the others strings)")
     return rows
