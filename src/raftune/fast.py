@@ -24,6 +24,7 @@ GPU-only levers fall back on a machine without CUDA with one warning line each, 
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 
 import torch
@@ -286,8 +287,18 @@ def set_checkpointing(model, layers: int) -> None:
     lm.config.use_cache = False
 
 
+def fsdp_checkpointing() -> bool:
+    """Whether `accelerate launch` runs FSDP with its own activation checkpointing (fsdp_activation_checkpointing)."""
+    from raftune.models import under_fsdp
+
+    return under_fsdp() and os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "false").lower() in ("1", "true")
+
+
 def checkpoint_layers(config, num_layers: int) -> int:
+    """Decoder layers this process recomputes: none under FSDP's own checkpointing, which recomputes them all."""
     fast = config.fast
+    if fsdp_checkpointing():
+        return 0
     if fast.checkpoint_layers is not None:
         return max(0, min(int(fast.checkpoint_layers), num_layers))
     return num_layers if config.sft.get("activation_checkpointing", False) else 0
@@ -321,8 +332,10 @@ def _fused_lora_forward(self, x, *args, **kwargs):
     second GEMM (addmm's epilogue) instead of peft's clone, multiply and add passes over the full-width output.
     Anything but one plain adapter under autocast (merged, disabled, a variant such as DoRA) takes peft's path."""
     names = self.active_adapters
+    # Under FSDP lora_B is wrapped and its weight is a shard outside its own forward: peft's path calls it.
     if (args or kwargs or self.disable_adapters or self.merged or len(names) != 1 or names[0] not in self.lora_A
-            or names[0] in getattr(self, "lora_variant", {}) or not torch.is_autocast_enabled(x.device.type)):
+            or names[0] in getattr(self, "lora_variant", {}) or not torch.is_autocast_enabled(x.device.type)
+            or type(self.lora_B[names[0]]) is not torch.nn.Linear):
         return type(self).forward(self, x, *args, **kwargs)
     name = names[0]
     result = self.base_layer(x)
