@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 import os
 import random
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -292,7 +294,8 @@ def run_recipe(name: str, spec: list[str], args) -> dict | None:
     local = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
     clock = StepClock.make(args.warmup, args.steps, device)
-    trainer = make_trainer(config, args.base, tokenizer, train_set, None, Path(args.out) / "runs" / name, [clock])
+    out_dir = Path(tempfile.mkdtemp(prefix=f"raftune-bench-{name}-"))  # Trainer's output_dir; nothing is saved
+    trainer = make_trainer(config, args.base, tokenizer, train_set, None, out_dir, [clock])
     fast._decoder(trainer.model).register_forward_pre_hook(clock.hook, with_kwargs=True)
     lora_params = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     if device.type == "cuda":
@@ -596,8 +599,9 @@ def main() -> None:
     names = list(all_recipes) if args.recipes is None else args.recipes
     if cuda:
         jobs = [Job(name, worker_cmd(args, name), 1) for name in names]
-        if args.peer:
-            jobs += peer_jobs(args)
+        if args.peer:  # each peer row beside one of ours, on the other GPU
+            peers = peer_jobs(args)
+            jobs = [j for pair in itertools.zip_longest(jobs, peers) for j in pair if j]
         run_jobs(jobs, n_gpus, logs, args.timeout)
         rows = [job.row for job in jobs if job.row and job.label in names]
         peers = [job.row for job in jobs if job.row and job.label not in names]
