@@ -1,23 +1,25 @@
-"""GPU training throughput: the seed's QLoRA recipe against raftune's fast recipe, its memory mode and each lever alone.
+"""GPU training throughput through `raftune train`'s code path: the seed's QLoRA recipe, raftune's fast recipe, its
+memory mode and each lever; Unsloth side by side; DDP and FSDP-QLoRA on several GPUs.
 
 The model is shaped like Mistral-7B-v0.3 (32 layers, 4096 wide, GQA 32/8 heads, 14336 MLP, 32768 vocabulary) with
-random weights, quantised to NF4 exactly as a loaded checkpoint would be (double quantisation, bf16 compute): the
-time and memory of a training step depend on the shapes, the number formats and the kernels, not on the weight values,
-so no 14 GB download is needed. The training sequences are random token ids whose lengths follow the built RAFT
-dataset's distribution (`--lengths runs/<run>/train/token_report.json`, prompt and completion lengths per row) or,
-by default, 700-2048 tokens with the last 20% as the completion.
+random weights, written once as a bf16 checkpoint folder and loaded by `raftune train`'s loader, which quantises it
+to NF4 as it would a downloaded base: the time and memory of a training step depend on the shapes, the number formats
+and the kernels, not on the weight values, so no 14 GB download is needed. The training sequences are random token
+ids whose lengths follow a built RAFT dataset's (`--lengths runs/<run>/train/token_report.json`) or, by default,
+700-2048 tokens with the last 20% as the completion.
 
-Every recipe is a config file, turned into a model by the same `raftune.train.adapt_model` (QLoRA preparation,
-LoRA, then `raftune.fast.apply`) and into batches by the same `raftune.fast` grouping and collator that `raftune train`
-uses; the step (bf16 autocast, loss summed over the step's label tokens and divided by their count, gradient clipping
-at 1.0, the recipe's optimiser and linear warm-up schedule) mirrors transformers.Trainer's. On CUDA each recipe runs in
-its own process (Liger patches modules globally; peak memory is per process).
+Every recipe is a config file trained by `raftune.train.make_trainer`, the Trainer (or trl SFTTrainer) that
+`raftune train` builds, with its collator, batches and callbacks; the bench only fixes the number of steps (warm-up,
+then timed), turns evaluation and checkpoints off and logs the loss every step. On CUDA each run is its own process
+(Liger patches modules globally; peak memory is per process); one-GPU runs go side by side, one per GPU.
 
 Printed for each: real (non-padding) tokens/s, peak GPU memory (torch's max allocated; reserved in the JSON), model
 FLOP utilisation (LoRA training FLOPs of the real tokens, no recomputation counted, over the bf16 matmul rate measured
-on this device) and the loss at the last step; then the ratio of each to the seed, the fast recipe's last.
+on this device) and the loss at the last step; the ratio of each to the seed, and to the peer's best.
 
     python bench/train_throughput.py                  # a CUDA GPU: seed, fast, memory mode, every lever alone
+    python bench/train_throughput.py --peer unsloth   # and Unsloth's QLoRA at its best settings (bench/unsloth_peer.py)
+    python bench/train_throughput.py --launcher accelerate --processes 2   # one GPU against DDP and FSDP-QLoRA
     python bench/train_throughput.py --parity         # and the loss-parity check on real RAFT rows
     python bench/train_throughput.py --tiny           # a tiny model on the CPU (CI keeps the script working)
 """
@@ -28,7 +30,6 @@ import argparse
 import dataclasses
 import itertools
 import json
-import math
 import os
 import random
 import subprocess

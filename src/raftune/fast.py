@@ -24,10 +24,11 @@ GPU-only levers fall back on a machine without CUDA with one warning line each, 
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 
 import torch
+
+from raftune.models import fsdp_checkpointing
 
 PACKED_ATTENTION = "raftune_packed"
 GPU_LEVERS = ("liger", "bf16_frozen")  # Liger is Triton (CUDA); bf16 arithmetic is slow on most CPUs
@@ -285,13 +286,6 @@ def set_checkpointing(model, layers: int) -> None:
     for index, layer in enumerate(decoder_layers):
         layer.gradient_checkpointing = index < layers
     lm.config.use_cache = False
-
-
-def fsdp_checkpointing() -> bool:
-    """Whether `accelerate launch` runs FSDP with its own activation checkpointing (fsdp_activation_checkpointing)."""
-    from raftune.models import under_fsdp
-
-    return under_fsdp() and os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "false").lower() in ("1", "true")
 
 
 def checkpoint_layers(config, num_layers: int) -> int:

@@ -125,6 +125,11 @@ def under_fsdp() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
 
 
+def fsdp_checkpointing() -> bool:
+    """Whether that FSDP config switches on FSDP's own activation checkpointing (fsdp_activation_checkpointing)."""
+    return under_fsdp() and os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "false").lower() in ("1", "true")
+
+
 def sharded_qlora(quantization: dict | None) -> bool:
     """FSDP-QLoRA: 4-bit weights sharded by FSDP, which needs them stored in a float dtype."""
     return bool(quantization) and under_fsdp()

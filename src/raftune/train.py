@@ -23,8 +23,8 @@ from transformers import TrainerCallback
 from raftune import RaftuneError, fast
 from raftune.config import RunConfig, config_to_dict
 from raftune.manifest import Stage, write_json, write_text
-from raftune.models import base_provenance, load_model, load_tokenizer, resolve_base, save_tokenizer, sharded_qlora
-from raftune.fast import fsdp_checkpointing
+from raftune.models import (base_provenance, fsdp_checkpointing, load_model, load_tokenizer, resolve_base,
+                            save_tokenizer, sharded_qlora)
 from raftune.sft_data import MaskedCollator, check_columns, tokenize_rows
 
 # bitsandbytes' CPU backend registers no autograd kernel for its 4-bit matmul op and torch warns on every backward;
