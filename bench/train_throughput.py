@@ -504,8 +504,8 @@ def run_jobs(jobs: list[Job], n_gpus: int, logs: Path, timeout: float) -> None:
                 print(f"bench: {job.label} failed (exit {proc.returncode}):\n{text[-4000:]}", flush=True)
 
 
-def worker_cmd(args, name: str, extra: list[str] = ()) -> list[str]:
-    return [sys.executable, __file__, *sys.argv[1:], "--base", str(args.base), *extra, "--worker", name]
+def worker_cmd(args, name: str) -> list[str]:
+    return [sys.executable, __file__, *sys.argv[1:], "--base", str(args.base), "--worker", name]
 
 
 def accelerate_cmd(args, config_file: Path, name: str, port: int, extra: list[str] = ()) -> list[str]:
