@@ -1,23 +1,25 @@
-"""GPU training throughput: the seed's QLoRA recipe against raftune's fast recipe, its memory mode and each lever alone.
+"""GPU training throughput through `raftune train`'s code path: the seed's QLoRA recipe, raftune's fast recipe, its
+memory mode and each lever; Unsloth side by side; DDP and FSDP-QLoRA on several GPUs.
 
 The model is shaped like Mistral-7B-v0.3 (32 layers, 4096 wide, GQA 32/8 heads, 14336 MLP, 32768 vocabulary) with
-random weights, quantised to NF4 exactly as a loaded checkpoint would be (double quantisation, bf16 compute): the
-time and memory of a training step depend on the shapes, the number formats and the kernels, not on the weight values,
-so no 14 GB download is needed. The training sequences are random token ids whose lengths follow the built RAFT
-dataset's distribution (`--lengths runs/<run>/train/token_report.json`, prompt and completion lengths per row) or,
-by default, 700-2048 tokens with the last 20% as the completion.
+random weights, written once as a bf16 checkpoint folder and loaded by `raftune train`'s loader, which quantises it
+to NF4 as it would a downloaded base: the time and memory of a training step depend on the shapes, the number formats
+and the kernels, not on the weight values, so no 14 GB download is needed. The training sequences are random token
+ids whose lengths follow a built RAFT dataset's (`--lengths runs/<run>/train/token_report.json`) or, by default,
+700-2048 tokens with the last 20% as the completion.
 
-Every recipe is a config file, turned into a model by the same `raftune.train.adapt_model` (QLoRA preparation,
-LoRA, then `raftune.fast.apply`) and into batches by the same `raftune.fast` grouping and collator that `raftune train`
-uses; the step (bf16 autocast, loss summed over the step's label tokens and divided by their count, gradient clipping
-at 1.0, the recipe's optimiser and linear warm-up schedule) mirrors transformers.Trainer's. On CUDA each recipe runs in
-its own process (Liger patches modules globally; peak memory is per process).
+Every recipe is a config file trained by `raftune.train.make_trainer`, the Trainer (or trl SFTTrainer) that
+`raftune train` builds, with its collator, batches and callbacks; the bench only fixes the number of steps (warm-up,
+then timed), turns evaluation and checkpoints off and logs the loss every step. On CUDA each run is its own process
+(Liger patches modules globally; peak memory is per process); one-GPU runs go side by side, one per GPU.
 
 Printed for each: real (non-padding) tokens/s, peak GPU memory (torch's max allocated; reserved in the JSON), model
 FLOP utilisation (LoRA training FLOPs of the real tokens, no recomputation counted, over the bf16 matmul rate measured
-on this device) and the loss at the last step; then the ratio of each to the seed, the fast recipe's last.
+on this device) and the loss at the last step; the ratio of each to the seed, and to the peer's best.
 
     python bench/train_throughput.py                  # a CUDA GPU: seed, fast, memory mode, every lever alone
+    python bench/train_throughput.py --peer unsloth   # and Unsloth's QLoRA at its best settings (bench/unsloth_peer.py)
+    python bench/train_throughput.py --launcher accelerate --processes 2   # one GPU against DDP and FSDP-QLoRA
     python bench/train_throughput.py --parity         # and the loss-parity check on real RAFT rows
     python bench/train_throughput.py --tiny           # a tiny model on the CPU (CI keeps the script working)
 """
@@ -26,12 +28,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
-import math
 import os
 import random
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -48,21 +51,6 @@ TINY = dict(MISTRAL_7B_V03, vocab_size=1024, hidden_size=64, intermediate_size=1
 
 
 # ------------------------------------------------------------------------------------------------------ recipes
-
-
-def accept_new_sft_names() -> None:
-    """The recipes say `sft.activation_checkpointing`, transformers >= 5.20's name; older ones (the GPU machine's
-    5.17) call it gradient_checkpointing and the config check would refuse it. The bench only reads the value."""
-    import raftune.config as config_module
-
-    original = config_module._library_fields
-
-    def fields():
-        found = original()
-        found["sft"] = found["sft"] | {"activation_checkpointing"}
-        return found
-
-    config_module._library_fields = fields
 
 
 def recipes(tiny: bool) -> dict[str, list[str]]:
@@ -96,31 +84,31 @@ def _tiny_budget(spec: list[str]) -> int:
 # ---------------------------------------------------------------------------------------------- model and data
 
 
-def random_base(shape: dict, quantization: dict, device: str):
-    """A MistralForCausalLM of the given shape with random weights, decoder linears quantised to NF4 by bitsandbytes
-    as `from_pretrained(quantization_config=...)` would (the embeddings and lm_head stay unquantised, as there)."""
-    import bitsandbytes as bnb
+def random_base(shape: dict, folder: Path) -> Path:
+    """A checkpoint folder of a MistralForCausalLM of this shape with random bf16 weights and a tokenizer with one
+    token per id, made once. `raftune train` loads it like any downloaded base (quantised to NF4 as it loads), so
+    the bench times the same loading, adapter and Trainer as a real run; a step's time and memory depend on the
+    shapes, formats and kernels, not on the weight values, so no 14 GB download is needed."""
     import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, MistralConfig
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import AutoModelForCausalLM, MistralConfig, PreTrainedTokenizerFast, set_seed
 
-    compute = getattr(torch, quantization.get("bnb_4bit_compute_dtype", "bfloat16"))
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(MistralConfig(**shape), dtype=compute)
-    for layer in model.model.layers:
-        for parent in (layer.self_attn, layer.mlp):
-            for name, linear in list(parent.named_children()):
-                if not isinstance(linear, torch.nn.Linear):
-                    continue
-                q = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=False, compute_dtype=compute,
-                                      compress_statistics=quantization.get("bnb_4bit_use_double_quant", False),
-                                      quant_type=quantization.get("bnb_4bit_quant_type", "fp4"), device="meta")
-                q.weight = bnb.nn.Params4bit(linear.weight.data, requires_grad=False,
-                                             compress_statistics=q.weight.compress_statistics,
-                                             quant_type=q.weight.quant_type, module=q)._quantize(device)
-                setattr(parent, name, q)
-    model.is_loaded_in_4bit = True  # what transformers' bnb quantiser sets; peft picks its 4-bit LoRA layers by it
-    model.config.quantization_config = BitsAndBytesConfig(**quantization)
-    return model
+    if (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file():
+        return folder
+    set_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = AutoModelForCausalLM.from_config(MistralConfig(**shape), dtype=torch.bfloat16)
+    model.save_pretrained(str(folder))
+    del model
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"t{i}": i for i in range(3, shape["vocab_size"])}}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="<unk>")),
+                                        unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>")
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    tokenizer.save_pretrained(str(folder))
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return folder
 
 
 def sequence_lengths(args, count: int) -> list[tuple[int, int]]:
@@ -148,24 +136,6 @@ def random_examples(args, vocab: int, count: int) -> list[dict]:
         ids = torch.randint(3, vocab, (prompt + completion,), generator=generator).tolist()
         examples.append({"input_ids": ids, "completion_mask": [0] * prompt + [1] * completion})
     return examples
-
-
-def plan_steps(config, examples: list[dict], seed: int = 0) -> list[list[list[int]]]:
-    """Optimiser steps, each a list of micro-batches of example indices, as `raftune train` would form them: a fixed
-    batch size (sft.per_device_train_batch_size) or raftune.fast's token-budget groups; gradient accumulation
-    (sft.gradient_accumulation_steps) puts several micro-batches into one step."""
-    from raftune.fast import group_by_budget
-
-    lengths = [len(e["input_ids"]) for e in examples]
-    if config.fast.tokens_per_batch:
-        micro = group_by_budget(lengths, config.fast.tokens_per_batch, config.fast.packing, seed)
-    else:
-        order = list(range(len(examples)))
-        random.Random(seed).shuffle(order)
-        size = config.sft.get("per_device_train_batch_size", 8)
-        micro = [order[i:i + size] for i in range(0, len(order), size)]
-    accumulate = config.sft.get("gradient_accumulation_steps", 1)
-    return [micro[i:i + accumulate] for i in range(0, len(micro) - accumulate + 1, accumulate)]
 
 
 # ---------------------------------------------------------------------------------------------------- training
@@ -242,86 +212,120 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def model_flops(shape: dict, lora_params: int, lengths: list[int]) -> float:
-    """LoRA training FLOPs of these real sequences: the frozen matmuls forward and input-gradient (4 per weight and
-    token), the adapters forward and both gradients (6), causal attention forward and backward (6 L^2 H D per
-    layer). Recomputation under checkpointing is not useful work and is not counted."""
+def model_flops(shape: dict, lora_params: int, tokens: int, squares: int) -> float:
+    """LoRA training FLOPs of these real tokens: the frozen matmuls forward and input-gradient (4 per weight and
+    token), the adapters forward and both gradients (6), causal attention forward and backward (6 L^2 H D per layer
+    and sequence; `squares` is the sum of L^2). Recomputation under checkpointing is not useful work, not counted."""
     h, f, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
     heads, kv, d = shape["num_attention_heads"], shape["num_key_value_heads"], shape["head_dim"]
     frozen = layers * (h * heads * d * 2 + h * kv * d * 2 + 3 * h * f) + h * shape["vocab_size"]
-    tokens = sum(lengths)
-    return tokens * (4 * frozen + 6 * lora_params) + sum(6 * layers * heads * d * n * n for n in lengths)
+    return tokens * (4 * frozen + 6 * lora_params) + 6 * layers * heads * d * squares
 
 
-def run_recipe(name: str, spec: list[str], args) -> dict:
-    """One recipe: build, warm up, measure; the result row."""
+class StepClock:
+    """Times the optimiser steps after the warm-up ones and counts the real tokens the model sees, from a forward
+    pre-hook (attention-mask sum of a padded batch, every token of a packed one; sequence lengths from the mask or
+    `cu_seq_lens_q`). Counters stay on the device: the clock synchronises only where it starts and stops. Works as
+    a transformers TrainerCallback (built by `make()` so this module imports nothing heavy)."""
+
+    @staticmethod
+    def make(warmup: int, steps: int, device):
+        import torch
+        from transformers import TrainerCallback
+
+        class Clock(TrainerCallback):
+            def __init__(self):
+                self.count = torch.zeros(2, dtype=torch.int64, device=device)  # tokens, sum of squared lengths
+                self.marks, self.losses = {}, []
+
+            def hook(self, module, args, kwargs):
+                ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
+                cu = kwargs.get("cu_seq_lens_q")
+                if ids is None:
+                    return
+                if mask is not None:
+                    lengths = mask.sum(-1)
+                elif cu is not None:
+                    lengths = (cu[1:] - cu[:-1]).to(self.count.device)
+                else:
+                    lengths = torch.full((ids.shape[0],), ids.shape[-1], device=self.count.device)
+                lengths = lengths.to(self.count.device, torch.int64)
+                self.count += torch.stack([lengths.sum(), (lengths * lengths).sum()])
+
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step in (warmup, warmup + steps):
+                    _sync(device)
+                    self.marks[state.global_step] = (time.perf_counter(), self.count.clone())
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs and "loss" in logs:
+                    self.losses.append([state.global_step, float(logs["loss"])])
+
+        return Clock()
+
+
+def measure_overrides(args) -> list[str]:
+    """What the bench changes in a recipe: a fixed number of steps, no evaluation, checkpoints or reports, a loss
+    logged every step (for comparing runs); CPU runs use plain AdamW (8-bit AdamW needs CUDA)."""
     import torch
-    from transformers import set_seed
+
+    out = [f"sft.max_steps={args.warmup + args.steps}", "sft.eval_strategy=no", "sft.save_strategy=no",
+           "sft.report_to=none", "sft.logging_steps=1", "sft.disable_tqdm=true"]
+    if not torch.cuda.is_available():
+        out.append("sft.optim=adamw_torch")
+    return out
+
+
+def run_recipe(name: str, spec: list[str], args) -> dict | None:
+    """One recipe through `raftune.train.make_trainer`, the Trainer that `raftune train` builds (model loading and
+    quantisation, LoRA, the fast levers, its collator and batches), trained for warm-up + measured steps. In a
+    process of `accelerate launch` the numbers are gathered from every process; only the first returns the row."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer
 
     from raftune import fast
     from raftune.config import load_config
-    from raftune.train import adapt_model
+    from raftune.train import make_trainer
 
-    config = load_config(spec[0], spec[1:])
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    config = load_config(spec[0], [*spec[1:], *measure_overrides(args)])
     shape = TINY if args.tiny else MISTRAL_7B_V03
-    set_seed(0)
-    model = adapt_model(random_base(shape, config.quantization, device), config)
-    if device == "cuda":
-        torch.cuda.empty_cache()  # the bf16 weights that were quantised stay out of the reserved peak
-    lm = fast._decoder(model)
-    fast.set_checkpointing(model, fast.checkpoint_layers(config, len(lm.model.layers)))  # as Trainer enables it
-    lora_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    examples = random_examples(args, shape["vocab_size"], args.examples)
-    steps = plan_steps(config, examples, args.seed)
-    collator = fast.Collator(0, config.fast.packing, completion_only=True)
-    if device == "cuda":
+    tokenizer = AutoTokenizer.from_pretrained(args.base)
+    train_set = Dataset.from_list(random_examples(args, shape["vocab_size"], args.examples))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
+    clock = StepClock.make(args.warmup, args.steps, device)
+    out_dir = Path(tempfile.mkdtemp(prefix=f"raftune-bench-{name}-"))  # Trainer's output_dir; nothing is saved
+    trainer = make_trainer(config, args.base, tokenizer, train_set, None, out_dir, [clock])
+    fast._decoder(trainer.model).register_forward_pre_hook(clock.hook, with_kwargs=True)
+    lora_params = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    state = {"tokens": 0, "lengths": [], "started": None, "loss": None, "steps": 0, "padded": 0}
+    trainer.train()
+    (t0, c0), (t1, c1) = clock.marks[args.warmup], clock.marks[args.warmup + args.steps]
+    counted = (c1 - c0)
+    peaks = [torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0]
+    reserved = [torch.cuda.max_memory_reserved(device) / 2**30 if device.type == "cuda" else 0.0]
+    world = trainer.args.world_size
+    if world > 1:  # every process's tokens, and each one's peak
+        import torch.distributed as dist
 
-    def on_step(step, loss, real):
-        if step + 1 == args.warmup:
-            _sync(device)
-            state["started"] = time.perf_counter()
-        elif step + 1 > args.warmup:
-            state["tokens"] += real
-            state["lengths"] += [len(examples[i]["input_ids"]) for micro in steps[step] for i in micro]
-            state["steps"] += 1
-            # at least 3 timed steps; then stop at the token cap, or once enough time has passed (checking the time
-            # would need a synchronisation, so the running clock is read without one and confirmed after)
-            if state["steps"] >= 3 and (state["tokens"] >= args.measure_tokens
-                                        or time.perf_counter() - state["started"] >= args.measure_seconds):
-                state["loss"] = float(loss)  # synchronises: the clock stops after the last step's work
-                return True
-        return False
-
-    train(model, config, examples, steps, collator, on_step, max_steps=len(steps))
-    _sync(device)
-    seconds = time.perf_counter() - state["started"]
-    if state["loss"] is None:
-        raise SystemExit(f"{name}: only {state['tokens']} tokens measured; raise --examples")
-    row = {"recipe": name, "spec": spec, "tokens_per_s": state["tokens"] / seconds, "seconds": seconds,
-           "tokens": state["tokens"], "steps": state["steps"], "tokens_per_step": state["tokens"] / state["steps"],
-           "loss_last": state["loss"], "model_tflop": model_flops(shape, lora_params, state["lengths"]) / 1e12,
-           "levers": dataclasses.asdict(config.fast),
-           "device": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
-    if device == "cuda":
-        row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        row["reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
-    if name in args.profile:
-        row["profile"] = profile(model, config, examples, steps, collator)
-    return row
-
-
-def profile(model, config, examples, steps, collator) -> str:
-    """The kernels of two steps by device time (for finding where the time goes)."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile as torch_profile
-
-    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        train(model, config, examples, steps[-2:], collator, lambda *a: False, max_steps=2)
-        torch.cuda.synchronize()
-    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=60)
+        dist.all_reduce(counted)
+        gathered = [None] * world
+        dist.all_gather_object(gathered, (peaks[0], reserved[0]))
+        peaks, reserved = [g[0] for g in gathered], [g[1] for g in gathered]
+    if not trainer.is_world_process_zero():
+        return None
+    tokens, squares = (int(v) for v in counted.tolist())
+    seconds = t1 - t0
+    return {"recipe": name, "spec": spec, "processes": world, "tokens_per_s": tokens / seconds,
+            "tokens_per_s_per_gpu": tokens / seconds / world, "seconds": seconds, "tokens": tokens,
+            "steps": args.steps, "tokens_per_step": tokens / args.steps, "losses": clock.losses,
+            "loss_last": clock.losses[-1][1] if clock.losses else float("nan"),
+            "model_tflop": model_flops(shape, lora_params, tokens, squares) / 1e12,
+            "peak_gib": max(peaks), "peak_gib_per_gpu": peaks, "reserved_gib_per_gpu": reserved,
+            "levers": dataclasses.asdict(config.fast),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
 
 
 # ------------------------------------------------------------------------------------------------------ parity
@@ -395,15 +399,17 @@ def parity(args) -> dict:
 def versions() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
-    from raftune.fast import _varlen
-
     found = []
-    for name in ("torch", "transformers", "peft", "bitsandbytes", "liger-kernel", "triton"):
+    for name in ("torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "liger-kernel", "triton"):
         try:
             found.append(f"{name} {version(name)}")
         except PackageNotFoundError:
             found.append(f"{name} absent")
-    return ", ".join(found) + f"; torch varlen attention {'yes' if _varlen() else 'no'}"
+    return ", ".join(found)
+
+
+def _mfu(row: dict, peak: float) -> str:
+    return f"{row['model_tflop'] * 1e12 / row['seconds'] / peak / row.get('processes', 1):.1%}"
 
 
 def table(rows: list[dict], peak: float) -> str:
@@ -411,94 +417,201 @@ def table(rows: list[dict], peak: float) -> str:
     lines = ["| recipe | real tokens/s | peak GiB | MFU | last loss | tokens/step | x seed |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        mfu = r["model_tflop"] * 1e12 / r["seconds"] / peak
-        peak_mem = f"{r['peak_gib']:.1f}" if "peak_gib" in r else "-"
-        lines.append(f"| {r['recipe']} | {r['tokens_per_s']:,.0f} | {peak_mem} | {mfu:.1%} | {r['loss_last']:.3f} | "
-                     f"{r['tokens_per_step']:,.0f} | {r['tokens_per_s'] / seed['tokens_per_s']:.2f} |")
+        lines.append(f"| {r['recipe']} | {r['tokens_per_s']:,.0f} | {r['peak_gib']:.1f} | {_mfu(r, peak)} | "
+                     f"{r['loss_last']:.3f} | {r['tokens_per_step']:,.0f} | {r['tokens_per_s'] / seed['tokens_per_s']:.2f} |")
     return "\n".join(lines)
 
 
-def _worker(name: str, extra: list[str] = ()):
-    cmd = [sys.executable, __file__, *sys.argv[1:], *extra, "--worker", name]
+def loss_difference(a: dict, b: dict) -> float:
+    """Largest relative difference of two runs' losses at the steps both logged."""
+    other = dict(map(tuple, b["losses"]))
+    diffs = [abs(other[s] - loss) / loss for s, loss in a["losses"] if s in other]
+    return max(diffs) if diffs else float("nan")
+
+
+def launcher_table(rows: list[dict], processes: int, peak: float) -> str:
+    """Per recipe: one GPU at the same global batch, then each launcher on `processes` GPUs."""
+    lines = [f"| recipe | launcher | GPUs | real tokens/s | per GPU | peak GiB per GPU | scaling efficiency | MFU | "
+             f"loss vs 1 GPU |", "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
+    singles = {r["recipe"]: r for r in rows if r["launcher"] == "1 GPU"}
+    for r in rows:
+        one = singles.get(r["recipe"])
+        eff = f"{r['tokens_per_s'] / (r['processes'] * one['tokens_per_s']):.1%}" if one and r is not one else "-"
+        diff = f"{loss_difference(one, r):.2%}" if one and r is not one else "-"
+        peaks = " / ".join(f"{p:.1f}" for p in r["peak_gib_per_gpu"])
+        lines.append(f"| {r['recipe']} | {r['launcher']} | {r['processes']} | {r['tokens_per_s']:,.0f} | "
+                     f"{r['tokens_per_s_per_gpu']:,.0f} | {peaks} | {eff} | {_mfu(r, peak)} | {diff} |")
+    return "\n".join(lines)
+
+
+def peer_table(rows: list[dict], ours: dict[str, dict]) -> str:
+    lines = ["| run | real tokens/s | peak GiB |", "| --- | ---: | ---: |"]
+    for r in [*ours.values(), *rows]:
+        lines.append(f"| {r['recipe']} | {r['tokens_per_s']:,.0f} | {r['peak_gib']:.1f} |")
+    return "\n".join(lines)
+
+
+WORKER_ENV = {
     # variable-length batches fragment torch's caching allocator; expandable segments keep what it reserves near
     # what is allocated, for every recipe alike
-    env = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", **os.environ}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env)
+    "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", "PYTHONUNBUFFERED": "1",
+    # NVLink multicast stays off in NCCL, PyTorch and NVSHMEM on shared multi-GPU hosts
+    "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+
+@dataclasses.dataclass
+class Job:
+    label: str
+    cmd: list[str]
+    gpus: int  # 1: may run beside other one-GPU jobs; more: alone
+    env: dict = dataclasses.field(default_factory=dict)
+    row: dict | None = None
+
+
+def run_jobs(jobs: list[Job], n_gpus: int, logs: Path, timeout: float) -> None:
+    """Each job in its own process (Liger patches modules globally; peak memory is per process). One-GPU jobs run
+    side by side, one per GPU; a several-GPU job runs alone. A job's row is the last `ROW ` line it prints."""
+    logs.mkdir(parents=True, exist_ok=True)
+    queue = list(jobs)
+    while queue:
+        batch = [queue.pop(0)]
+        while batch[0].gpus == 1 and queue and queue[0].gpus == 1 and len(batch) < max(1, n_gpus):
+            batch.append(queue.pop(0))
+        started, procs = time.time(), []
+        for slot, job in enumerate(batch):
+            env = {**os.environ, **WORKER_ENV, **job.env}
+            if job.gpus == 1 and n_gpus > 1:
+                env["CUDA_VISIBLE_DEVICES"] = str(slot)
+            handle = (logs / f"{job.label.replace(' ', '_')}.log").open("w")
+            procs.append((job, handle, subprocess.Popen(job.cmd, stdout=handle, stderr=subprocess.STDOUT, env=env,
+                                                        text=True)))
+        for job, handle, proc in procs:
+            try:
+                proc.wait(timeout=max(1.0, timeout - (time.time() - started)))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            handle.close()
+            text = (logs / f"{job.label.replace(' ', '_')}.log").read_text(errors="replace")
+            found = [line[4:] for line in text.splitlines() if line.startswith("ROW ")]
+            if found:
+                job.row = json.loads(found[-1])
+                with (logs / "rows.jsonl").open("a") as rows:  # kept if the invocation is cut short
+                    rows.write(json.dumps({"label": job.label, **job.row}) + "\n")
+                print(f"bench: {job.label}: {job.row['tokens_per_s']:,.0f} tokens/s, peak "
+                      f"{job.row['peak_gib']:.1f} GiB, {time.time() - started:.0f} s wall", flush=True)
+            else:
+                print(f"bench: {job.label} failed (exit {proc.returncode}):\n{text[-4000:]}", flush=True)
+
+
+def worker_cmd(args, name: str) -> list[str]:
+    return [sys.executable, __file__, *sys.argv[1:], "--base", str(args.base), "--worker", name]
+
+
+def accelerate_cmd(args, config_file: Path, name: str, port: int, extra: list[str] = ()) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file), "--num_processes",
+            str(args.processes), "--main_process_port", str(port), __file__, *sys.argv[1:], "--base", str(args.base),
+            *extra, "--worker", name]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="a tiny model and short sequences (CPU, under a minute)")
     parser.add_argument("--recipes", nargs="*", help="only these recipes (names as printed; none: only --parity)")
+    parser.add_argument("--launcher", choices=["accelerate"], help="also run the recipes under accelerate launch")
+    parser.add_argument("--processes", type=int, default=2, help="processes (GPUs) for --launcher")
+    parser.add_argument("--peer", choices=["unsloth"], help="also Unsloth's QLoRA on the same shape and sequences")
+    parser.add_argument("--peer-pythonpath", default=os.environ.get("RAFTUNE_PEER_PYTHONPATH", ""),
+                        help="PYTHONPATH of the peer's own packages (Unsloth pins other trl and datasets versions)")
     parser.add_argument("--lengths", help="token_report.json of a `raftune train` run: its rows' lengths")
     parser.add_argument("--min-len", type=int)
     parser.add_argument("--max-len", type=int)
     parser.add_argument("--examples", type=int, default=600, help="synthetic examples drawn")
-    parser.add_argument("--warmup", type=int, default=2, help="steps before the clock starts")
-    parser.add_argument("--measure-tokens", type=int, help="at most this many real tokens timed per recipe")
-    parser.add_argument("--measure-seconds", type=float, help="or until this many seconds have been timed")
+    parser.add_argument("--warmup", type=int, default=2, help="optimiser steps before the clock starts")
+    parser.add_argument("--steps", type=int, default=6, help="optimiser steps timed after the warm-up")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--parity", action="store_true", help="also the loss-parity check (tiny model, RAFT rows)")
     parser.add_argument("--parity-steps", type=int, default=50)
     parser.add_argument("--parity-tokens", type=int, default=4096, help="real tokens per optimiser step in parity")
     parser.add_argument("--parity-runs", default=str(ROOT / ".bench-cache" / "runs"))
-    parser.add_argument("--profile", nargs="*", default=[], help="print the kernel profile of these recipes")
     parser.add_argument("--extra", nargs="*", default=[],
-                        help="more recipes, NAME=RECIPE:key=value,key=value (e.g. big=fast:fast.tokens_per_batch=32768)")
+                        help="more recipes, NAME=RECIPE:key=value,key=value (e.g. big=fast:fast.tokens_per_batch=65536)")
+    parser.add_argument("--base", help="the random-weight checkpoint folder (made once; default under .bench-cache)")
+    parser.add_argument("--timeout", type=float, default=420, help="seconds a worker process may run")
     parser.add_argument("--out", default=os.environ.get("OUT", "runs/bench"), help="folder for results.json")
-    parser.add_argument("--no-warm-up", action="store_true", help="skip the discarded first run (CUDA)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.min_len = args.min_len or (35 if args.tiny else 700)
     args.max_len = args.max_len or (102 if args.tiny else 2048)
-    args.measure_tokens = args.measure_tokens or (1000 if args.tiny else 200_000)
-    args.measure_seconds = args.measure_seconds or (1 if args.tiny else 25)
     if args.tiny:
-        args.examples, args.warmup = min(args.examples, 200), 1
+        args.examples, args.warmup, args.steps = min(args.examples, 200), 1, min(args.steps, 2)
     sys.path.insert(0, str(ROOT / "src"))
     import torch
 
-    accept_new_sft_names()
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     all_recipes = recipes(args.tiny)
     for extra in args.extra:
         name, _, rest = extra.partition("=")
         base, _, overrides = rest.partition(":")
         all_recipes[name] = [*all_recipes[base], *filter(None, overrides.split(","))]
-    if args.worker:  # one recipe in this process, its row as JSON on the last line
-        print("ROW " + json.dumps(run_recipe(args.worker, all_recipes[args.worker], args)), flush=True)
+    if args.worker:  # one recipe in this process (one of several under accelerate launch); NAME@K: K-step accumulation
+        name, _, accumulate = args.worker.partition("@")
+        spec = all_recipes[name] + ([f"sft.gradient_accumulation_steps={accumulate}"] if accumulate else [])
+        row = run_recipe(name, spec, args)
+        if row is not None:
+            print("ROW " + json.dumps(row), flush=True)
         return
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    peak = matmul_peak(device)
-    print(f"bench: {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}, dense matmul "
-          f"{peak / 1e12:.0f} TFLOP/s measured; {versions()}", flush=True)
-    rows = []
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cuda = torch.cuda.is_available()
+    peak = matmul_peak("cuda" if cuda else "cpu")
+    print(f"bench: {torch.cuda.get_device_name() if cuda else 'cpu'} x {torch.cuda.device_count() if cuda else 1}, "
+          f"dense matmul {peak / 1e12:.0f} TFLOP/s measured; {versions()}", flush=True)
+    shape = TINY if args.tiny else MISTRAL_7B_V03
+    args.base = str(random_base(shape, Path(args.base or ROOT / ".bench-cache" / ("tiny" if args.tiny else "mistral-7b-shape"))))
+    result: dict = {"peak_flops": peak, "versions": versions(), "argv": sys.argv[1:]}
+    n_gpus = torch.cuda.device_count() if cuda else 1
+    logs = Path(os.environ.get("RAFTUNE_BENCH_LOGS", "/tmp/raftune-bench-logs"))
+
+    if args.launcher:  # one GPU at the same global batch (gradient accumulation), then each launcher
+        names = args.recipes or ["seed", "fast"]
+        launchers = ({"ddp": "ddp.yaml", "fsdp": "fsdp_qlora.yaml"} if cuda else {"ddp": "ddp-cpu.yaml"})
+        # on CPUs the processes join over gloo (sft.use_cpu), as in tests/test_distributed.py
+        cpu = [] if cuda else ["--extra", *[f"{n}-cpu={n}:sft.use_cpu=true" for n in names]]
+        jobs = [Job(f"{n} 1 GPU", worker_cmd(args, f"{n}@{args.processes}"), 1) for n in names]
+        for i, (launcher, file) in enumerate(launchers.items()):
+            jobs += [Job(f"{n} {launcher}", accelerate_cmd(args, ROOT / "configs" / "accelerate" / file,
+                                                           n if cuda else f"{n}-cpu", 29500 + 10 * i + j, cpu),
+                         args.processes) for j, n in enumerate(names)]
+        run_jobs(jobs, n_gpus, logs, args.timeout)
+        rows = []
+        for job in jobs:
+            if job.row:
+                job.row["launcher"] = "1 GPU" if job.gpus == 1 else job.label.split()[-1]
+                job.row["recipe"] = job.label.split()[0]
+                rows.append(job.row)
+        result["launcher_rows"] = rows
+        text = launcher_table(rows, args.processes, peak) if rows else "no rows"
+        (out / "results.json").write_text(json.dumps(result, indent=1))
+        (out / "launcher_table.md").write_text(text + "\n")
+        print(text)
+        return
+
     names = list(all_recipes) if args.recipes is None else args.recipes
-    if device == "cuda" and names and not args.no_warm_up:
-        # Whichever recipe runs first on a fresh machine pays for cold library pages and kernel caches: the seed
-        # measured 1,363 tokens/s first and 2,496 second in one invocation on one H100. A discarded run first.
-        print("bench: warm-up run of the first recipe (discarded)", flush=True)
-        _worker(names[0], ["--measure-seconds", "1"])
-    for name in names:
-        started = time.time()
-        if device == "cuda":  # a process per recipe: global kernel patches and peak memory stay its own
-            proc = _worker(name)
-            found = [line[4:] for line in proc.stdout.splitlines() if line.startswith("ROW ")]
-            if not found:
-                print(f"bench: {name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}", flush=True)
-                continue
-            row = json.loads(found[-1])
-        else:
-            row = run_recipe(name, all_recipes[name], args)
-        rows.append(row)
-        if "profile" in row:
-            print(row.pop("profile"))
-        print(f"bench: {name}: {row['tokens_per_s']:,.0f} tokens/s, peak {row.get('peak_gib', 0):.1f} GiB, "
-              f"{time.time() - started:.0f} s wall", flush=True)
-        (out / "results.json").write_text(json.dumps({"peak_flops": peak, "rows": rows}, indent=1))
-    result = {"peak_flops": peak, "rows": rows}
+    if cuda:
+        jobs = [Job(name, worker_cmd(args, name), 1) for name in names]
+        if args.peer:  # each peer row beside one of ours, on the other GPU
+            peers = peer_jobs(args)
+            jobs = [j for pair in itertools.zip_longest(jobs, peers) for j in pair if j]
+        run_jobs(jobs, n_gpus, logs, args.timeout)
+        rows = [job.row for job in jobs if job.row and job.label in names]
+        peers = [job.row for job in jobs if job.row and job.label not in names]
+    else:
+        rows = [run_recipe(name, all_recipes[name], args) for name in names]
+        peers = []
+        if args.peer:
+            print(f"bench: peer {args.peer} skipped: it needs a CUDA GPU")
+    result["rows"], result["peer_rows"] = rows, peers
     if args.parity:
         try:
             p = result["parity"] = parity(args)
@@ -512,12 +625,30 @@ def main() -> None:
             result["parity"] = {"error": f"{type(err).__name__}: {err}"}
     (out / "results.json").write_text(json.dumps(result, indent=1))
     text = table(rows, peak) if rows else ""
+    by = {r["recipe"]: r for r in rows}
+    if peers:
+        best = max(peers, key=lambda r: r["tokens_per_s"])
+        text += "\n\n" + peer_table(peers, {n: by[n] for n in ("fast", "memory", "seed") if n in by})
+        for name in ("seed", "memory", "fast"):
+            if name in by:
+                text += (f"\n{name} / {args.peer} best ({best['recipe']}) real tokens/s: "
+                         f"{by[name]['tokens_per_s'] / best['tokens_per_s']:.2f}x")
     (out / "table.md").write_text(text + "\n")
     print(text)
-    by = {r["recipe"]: r for r in rows}
     for name in ("memory", "fast"):  # the fast recipe's ratio last
         if name in by and "seed" in by:
             print(f"{name} / seed real tokens/s: {by[name]['tokens_per_s'] / by['seed']['tokens_per_s']:.2f}x")
+
+
+def peer_jobs(args) -> list[Job]:
+    """Unsloth's QLoRA at its best settings, each in its own process with the peer's own packages."""
+    script = Path(__file__).with_name("unsloth_peer.py")
+    env = {"PYTHONPATH": args.peer_pythonpath} if args.peer_pythonpath else {}
+    common = ["--base", str(args.base), "--examples", str(args.examples), "--warmup", str(args.warmup),
+              "--steps", str(args.steps), "--seed", str(args.seed), "--min-len", str(args.min_len),
+              "--max-len", str(args.max_len), *(["--lengths", args.lengths] if args.lengths else [])]
+    return [Job(f"unsloth {setting}", [sys.executable, str(script), *common, "--setting", setting], 1, env)
+            for setting in ("padding-free-8", "padding-free-16", "padded-2")]
 
 
 if __name__ == "__main__":

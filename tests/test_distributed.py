@@ -48,3 +48,23 @@ def test_ddp_on_two_cpu_processes(tmp_path, tiny_cache):
     assert one.keys() == two.keys()
     for name in one:
         torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=1e-4)
+
+
+def test_under_fsdp_the_same_recipe_stores_4bit_weights_in_one_float_dtype(tmp_path, tiny_cache, monkeypatch):
+    """`accelerate launch` with an FSDP config (its environment variables): FSDP flattens a layer's weights into one
+    tensor of one dtype, so the NF4 weights are stored in the compute dtype and every frozen weight has that dtype;
+    raftune's own checkpointing steps aside for FSDP's, and the Trainer is not asked for a second one."""
+    from raftune import fast
+    from raftune.models import resolve_base
+
+    config = mini_config(tmp_path, "quantization.bnb_4bit_compute_dtype=bfloat16", "sft.activation_checkpointing=true",
+                         "fast.packing=true", "fast.checkpoint_layers=2")
+    base = resolve_base(config)
+    frozen = lambda model: {p.dtype for p in model.parameters() if not p.requires_grad}
+    assert frozen(train.build_model(base, config)) == {torch.uint8, torch.float32}  # one process: peft's fp32 casts
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_ACTIVATION_CHECKPOINTING", "true")
+    model = train.build_model(base, config)
+    assert frozen(model) == {torch.bfloat16}
+    assert not any(layer.gradient_checkpointing for layer in fast._decoder(model).model.layers)
+    assert train.training_arguments(config, tmp_path).activation_checkpointing is False

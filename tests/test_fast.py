@@ -157,3 +157,30 @@ def test_bench_tiny_prints_the_table(tmp_path):
     assert all(r["tokens_per_s"] > 0 and r["loss_last"] > 0 for r in rows)
     assert "| recipe | real tokens/s | peak GiB | MFU | last loss |" in proc.stdout
     assert "fast / seed real tokens/s:" in proc.stdout.splitlines()[-1]
+
+
+def test_fused_lora_takes_peft_path_when_lora_b_is_wrapped():
+    """Under FSDP lora_B is a wrapper whose weight is a shard outside its forward: the fused forward must call it."""
+    from peft import LoraConfig, get_peft_model
+
+    class Wrapper(torch.nn.Module):  # stands in for FSDP's wrapper: only its forward gives the full weight
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x)
+
+    x = torch.randn(2, 5, 64)
+    outs = []
+    for fused in (False, True):
+        model = get_peft_model(_tiny_lm(), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj"]))
+        for module in model.modules():
+            if hasattr(module, "lora_B") and "default" in module.lora_B:
+                torch.nn.init.normal_(module.lora_B["default"].weight)
+                module.lora_B["default"] = Wrapper(module.lora_B["default"])
+        if fused:
+            fast._fuse_lora(model)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outs.append(model(inputs_embeds=x).logits.float())
+    assert torch.allclose(outs[0], outs[1])

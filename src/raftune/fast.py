@@ -28,6 +28,8 @@ import random
 
 import torch
 
+from raftune.models import fsdp_checkpointing
+
 PACKED_ATTENTION = "raftune_packed"
 GPU_LEVERS = ("liger", "bf16_frozen")  # Liger is Triton (CUDA); bf16 arithmetic is slow on most CPUs
 
@@ -287,7 +289,10 @@ def set_checkpointing(model, layers: int) -> None:
 
 
 def checkpoint_layers(config, num_layers: int) -> int:
+    """Decoder layers this process recomputes: none under FSDP's own checkpointing, which recomputes them all."""
     fast = config.fast
+    if fsdp_checkpointing():
+        return 0
     if fast.checkpoint_layers is not None:
         return max(0, min(int(fast.checkpoint_layers), num_layers))
     return num_layers if config.sft.get("activation_checkpointing", False) else 0
@@ -321,8 +326,10 @@ def _fused_lora_forward(self, x, *args, **kwargs):
     second GEMM (addmm's epilogue) instead of peft's clone, multiply and add passes over the full-width output.
     Anything but one plain adapter under autocast (merged, disabled, a variant such as DoRA) takes peft's path."""
     names = self.active_adapters
+    # Under FSDP lora_B is wrapped and its weight is a shard outside its own forward: peft's path calls it.
     if (args or kwargs or self.disable_adapters or self.merged or len(names) != 1 or names[0] not in self.lora_A
-            or names[0] in getattr(self, "lora_variant", {}) or not torch.is_autocast_enabled(x.device.type)):
+            or names[0] in getattr(self, "lora_variant", {}) or not torch.is_autocast_enabled(x.device.type)
+            or type(self.lora_B[names[0]]) is not torch.nn.Linear):
         return type(self).forward(self, x, *args, **kwargs)
     name = names[0]
     result = self.base_layer(x)

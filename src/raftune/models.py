@@ -12,6 +12,7 @@ Named bases come inside a Python package, so they work without a model hub:
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -119,12 +120,35 @@ def save_tokenizer(tokenizer, source: str, out_dir) -> None:
         shutil.copyfile(spm_file, Path(out_dir) / "tokenizer.model")
 
 
+def under_fsdp() -> bool:
+    """Whether this process was started by `accelerate launch` with an FSDP config."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
+
+
+def fsdp_checkpointing() -> bool:
+    """Whether that FSDP config switches on FSDP's own activation checkpointing (fsdp_activation_checkpointing)."""
+    return under_fsdp() and os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "false").lower() in ("1", "true")
+
+
+def sharded_qlora(quantization: dict | None) -> bool:
+    """FSDP-QLoRA: 4-bit weights sharded by FSDP, which needs them stored in a float dtype."""
+    return bool(quantization) and under_fsdp()
+
+
 def load_model(name: str, quantization: dict | None = None, dtype: torch.dtype = torch.float32):
-    """Full-precision model, or 4-bit (bitsandbytes) when `quantization` holds BitsAndBytesConfig kwargs."""
+    """Full-precision model, or 4-bit (bitsandbytes) when `quantization` holds BitsAndBytesConfig kwargs.
+
+    Under FSDP the packed 4-bit weights are stored as the compute dtype (`bnb_4bit_quant_storage`, unless the recipe
+    names one) and every other weight is loaded in that dtype too: FSDP flattens a layer's weights into one tensor
+    of one dtype. So the same recipe runs under either launcher."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     kwargs = {"dtype": dtype}
     if quantization:
+        if sharded_qlora(quantization):
+            storage = quantization.get("bnb_4bit_quant_storage") or quantization.get("bnb_4bit_compute_dtype", "bfloat16")
+            quantization = {**quantization, "bnb_4bit_quant_storage": storage}
+            kwargs["dtype"] = getattr(torch, storage)
         kwargs["quantization_config"] = BitsAndBytesConfig(**quantization)
     return AutoModelForCausalLM.from_pretrained(name, **kwargs)
 

@@ -23,7 +23,8 @@ from transformers import TrainerCallback
 from raftune import RaftuneError, fast
 from raftune.config import RunConfig, config_to_dict
 from raftune.manifest import Stage, write_json, write_text
-from raftune.models import base_provenance, load_model, load_tokenizer, resolve_base, save_tokenizer
+from raftune.models import (base_provenance, fsdp_checkpointing, load_model, load_tokenizer, resolve_base,
+                            save_tokenizer, sharded_qlora)
 from raftune.sft_data import MaskedCollator, check_columns, tokenize_rows
 
 # bitsandbytes' CPU backend registers no autograd kernel for its 4-bit matmul op and torch warns on every backward;
@@ -32,8 +33,11 @@ from raftune.sft_data import MaskedCollator, check_columns, tokenize_rows
 warnings.filterwarnings("ignore", message="bitsandbytes::gemv_4bit: an autograd kernel was not registered")
 
 # Defaults that raftune needs whatever the recipe says; the recipe's `sft:` section overrides the rest.
+# ddp_find_unused_parameters: every LoRA weight gets a gradient in every step, so DDP need not search the graph for
+# unused ones (transformers would, for a peft model: a traversal per step, and it breaks reentrant checkpointing).
 SFT_DEFAULTS = {"bf16": False, "completion_only_loss": True, "max_length": 2048, "report_to": "none", "logging_steps": 5,
-                "save_strategy": "no", "eval_strategy": "no", "seed": 0, "data_seed": 0}
+                "save_strategy": "no", "eval_strategy": "no", "seed": 0, "data_seed": 0,
+                "ddp_find_unused_parameters": False}
 APPROACHES = ("docs", "qac", "raft")
 
 
@@ -86,12 +90,17 @@ def build_model(base: str, config: RunConfig):
 
 
 def adapt_model(model, config: RunConfig):
-    """QLoRA preparation and the LoRA adapter on a loaded base, then the `fast:` levers (bench/ calls this too)."""
+    """QLoRA preparation and the LoRA adapter on a loaded base, then the `fast:` levers."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if config.quantization:
+    if config.quantization and not sharded_qlora(config.quantization):
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=bool(config.sft.get("activation_checkpointing", False)))
+    elif config.quantization and config.sft.get("activation_checkpointing", False):
+        # FSDP-QLoRA: FSDP flattens each wrapped layer's parameters into one tensor of one dtype, so the frozen
+        # weights keep the storage dtype (prepare_model_for_kbit_training would cast norms and embeddings to fp32);
+        # only the input gradients that checkpointing needs are switched on, as trl does for sharded QLoRA.
+        model.enable_input_require_grads()
     model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **config.lora))
     if fast.enabled(config.fast):
         print(f"train: fast levers {fast.apply(model, config)}")
@@ -104,6 +113,8 @@ def training_arguments(config: RunConfig, out_dir: Path):
     from trl import SFTConfig
 
     values = {**SFT_DEFAULTS, **config.sft, "output_dir": str(out_dir / "checkpoints")}
+    if fsdp_checkpointing():  # FSDP recomputes every wrapped layer itself; transformers refuses both at once
+        values["activation_checkpointing"] = False
     if fast.enabled(config.fast):  # raftune.fast checkpoints the layers itself; a token-budget batch is one row
         values["activation_checkpointing"] = False
         if config.fast.tokens_per_batch:
@@ -124,11 +135,14 @@ def make_trainer(config: RunConfig, base: str, tokenizer, train_set, eval_set, o
     # LoRA's A matrices are drawn when the adapter is created, before the Trainer seeds anything: seed here, or two
     # runs of one recipe differ from their first update on (B starts at zero, so the first loss hides it)
     set_seed({**SFT_DEFAULTS, **config.sft}["seed"])
+    args = training_arguments(config, out_dir)
+    # Under `accelerate launch` this joins the process group and selects this process's GPU, so the 4-bit weights
+    # are loaded onto it (loading first would put every process's copy on the first GPU).
+    args.device
     model = build_model(base, config)
     trainable, total = model.get_nb_trainable_parameters()
     print(f"train: approach {config.train.approach}, {len(train_set)} rows, LoRA {trainable:,} trainable of "
           f"{total:,} parameters, base {base}")
-    args = training_arguments(config, out_dir)
     eval_set = eval_set if eval_set is not None and len(eval_set) else None
     if fast.enabled(config.fast):  # every approach: Trainer with raftune's (packing) collator and batches
         sft = {**SFT_DEFAULTS, **config.sft}
