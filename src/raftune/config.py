@@ -21,6 +21,12 @@ from raftune import RaftuneError
 class DataConfig:
     corpus: str = "datasets/demo/corpus"  # folder of documents (JSON corpus files, txt, md)
     qac: str | None = "datasets/demo/qac.json"  # question/answer/context triplets the RAFT rows are built from
+    # datasets that already exist, trained on as they are (raftune.data.given): RAFT rows (any shape `raftune data
+    # inspect` reads; they win over corpus + qac), paragraphs [{"paragraph"}] for train.approach docs; a `qac` file
+    # alone trains train.approach qac as it is
+    raft: str | None = None
+    paragraphs: str | None = None
+    clean: str = "repair"  # data.raft rows: repair | strict | off, by the rules of `raftune data clean`
     chunk_tokens: int = 200  # PDF chunk size, in tokens of the retrieval embedder (all-MiniLM-L6-v2 reads 256)
     chunk_overlap: int = 30  # tokens of whole sentences repeated from the previous chunk
     num_distractors: int = 4  # distractor documents per row (4 in the RAFT paper)
