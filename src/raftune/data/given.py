@@ -66,10 +66,8 @@ def raft_rows(path, mode: str, out: Path) -> tuple[list[dict], dict]:
                 for r, rec in zip(rows, records)]
         report = {"input": str(path), "shape": shape, "rows_read": len(rows), "kept": len(rows), "clean": "off"}
     else:
-        import json
-
         report = clean(path, out, repair=mode == "repair")
-        kept = [json.loads(line) for line in (out / "clean.jsonl").read_text(encoding="utf-8").splitlines()]
+        kept, _ = read_records(out / "clean.jsonl")
         report = {k: report[k] for k in ("input", "shape", "rows_read", "kept", "rejected")} | {"clean": mode}
     indices = _question_indices([r["question"] or "" for r in kept])
     rows = []
@@ -110,8 +108,9 @@ def splits(config, clean_dir: Path) -> tuple[dict[str, tuple[list[dict], list[di
     approach = config.train.approach
     if not fits.get(approach):  # before any file is read or written
         given = ", ".join(f"{k}={v}" for k, v in (("data.raft", cfg.raft), ("data.paragraphs", cfg.paragraphs)) if v)
-        raise RaftuneError(f"train.approach={approach} does not fit the given data ({given}: it trains "
-                           f"{', '.join(sorted(a for a, key in fits.items() if key))}); {approach} needs {NEEDS[approach]}")
+        trains = ", ".join(sorted(a for a, key in fits.items() if key))
+        raise RaftuneError(f"train.approach={approach} does not fit the given data ({given}: it trains {trains}); "
+                           f"{approach} needs {NEEDS[approach]}")
     out, inputs = {}, {}
     if cfg.raft:
         rows, inputs["raft"] = raft_rows(cfg.raft, cfg.clean, clean_dir)
@@ -128,7 +127,8 @@ def splits(config, clean_dir: Path) -> tuple[dict[str, tuple[list[dict], list[di
                                               "question_index": r["question_index"]}
         out["qac"] = _by_question(list(first.values()), held)
         documents = dict.fromkeys(d.strip() for r in rows for d in r["documents"] if d.strip())
-        out["docs"] = split_by_row([{"id": f"p{n}", "text": d} for n, d in enumerate(documents)], cfg.eval_fraction, cfg.seed)
+        out["docs"] = split_by_row([{"id": f"p{n}", "text": d} for n, d in enumerate(documents)], cfg.eval_fraction,
+                                   cfg.seed)
     if fits["qac"] == "data.qac":
         rows = qac_rows(cfg.qac)
         inputs["qac"] = {"input": str(cfg.qac), "rows": len(rows)}

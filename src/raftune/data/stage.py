@@ -66,11 +66,11 @@ def run_given(config: RunConfig):
             write_splits(stage.dir, approach, train, evaluation)
     stage.outputs = {"inputs": inputs, **{f"{a}_rows": {"train": len(t), "eval": len(e)} for a, (t, e) in splits.items()}}
     stage.finish()
-    read = "; ".join(f"{v['input']}" + (f" ({v['rows_read']} rows, data.clean={v['clean']}: {v['kept']} kept)"
-                                         if "kept" in v else f" ({v['rows']} rows)") for v in inputs.values())
-    print(f"data: {read} -> " + ", ".join(f"{a} {len(t)} train / {len(e)} eval" for a, (t, e) in splits.items())
-          + f" -> {stage.dir}" + (f" (cleaning report: {stage.dir / 'clean' / 'report.md'})" if cfg.raft and
-                                   cfg.clean != "off" else ""))
+    read = "; ".join(f"{v['input']} ({v['rows_read']} rows, data.clean={v['clean']}: {v['kept']} kept)" if "kept" in v
+                     else f"{v['input']} ({v['rows']} rows)" for v in inputs.values())
+    report = stage.dir / "clean" / "report.md"
+    print(f"data: {read} -> {', '.join(f'{a} {len(t)} train / {len(e)} eval' for a, (t, e) in splits.items())} -> "
+          f"{stage.dir}" + (f" (cleaning report: {report})" if report.is_file() else ""))
     return stage.dir
 
 
