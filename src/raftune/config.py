@@ -19,7 +19,7 @@ from raftune import RaftuneError
 
 @dataclass
 class DataConfig:
-    corpus: str = "datasets/demo/corpus"  # folder of documents (JSON corpus files, txt, md)
+    corpus: str = "datasets/demo/corpus"  # folder of documents (PDF, JSON corpus files, txt, md)
     qac: str | None = "datasets/demo/qac.json"  # question/answer/context triplets the RAFT rows are built from
     # datasets that already exist, trained on as they are (raftune.data.given): RAFT rows (any shape `raftune data
     # inspect` reads; they win over corpus + qac), paragraphs [{"paragraph"}] for train.approach docs; a `qac` file
