@@ -130,10 +130,8 @@ def test_failure_mid_run_keeps_every_answer_and_the_rerun_asks_only_for_the_rest
 @pytest.fixture(scope="module")
 def prompts_of(mini_run):
     config, _ = mini_run
-    from raftune.evaluate.retrieval import load_embedder
-
     items = load_testset(MINI / "testset.json")
-    context, _ = stage.contexts(config, items, load_embedder(config.evaluate.embedding_model))
+    context, _ = stage.contexts(config, items)
     return lambda provider: [provider.render(i.question, [c["text"] for c in ctx]) for i, ctx in zip(items, context)]
 
 

@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
             stage.add_argument("--answers", help="score this recorded-answers JSONL alone ({model, test_id, "
                                                  "question_id, answer} per line), no model is run; needs --out")
             stage.add_argument("--out", help="with --answers: the output folder")
+            stage.add_argument("--retrieval-report", action="store_true",
+                               help="measure every retriever (dense embedders, BM25, hybrid) on the test set: "
+                                    "hit@1/3/5 of the cited passage, side by side; no model is run")
         if name == "merge":
             stage.add_argument("--adapter", help="merge this adapter folder alone, instead of the run's (needs --out)")
             stage.add_argument("--out", help="with --adapter: the merged model folder to write")
@@ -225,14 +228,18 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "evaluate":
             from raftune.evaluate import stage as evaluate_stage
 
+            if args.testset:
+                config.evaluate.testset = args.testset
+            if args.retrieval_report:
+                from raftune.evaluate.retrieval import run_comparison
+
+                print(run_comparison(config), end="")
+                return 0
             if args.answers:
                 if not args.out:
                     raise RaftuneError("evaluate --answers needs --out DIR (where the scores go)")
-                summary = evaluate_stage.score_file(config, args.testset or config.evaluate.testset, args.answers,
-                                                    args.out)
+                summary = evaluate_stage.score_file(config, config.evaluate.testset, args.answers, args.out)
             else:
-                if args.testset:
-                    config.evaluate.testset = args.testset
                 summary = evaluate_stage.run(config)
             print(summary.to_string())
         else:

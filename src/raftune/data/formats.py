@@ -57,7 +57,9 @@ def read_records(path: str | Path) -> tuple[list[dict], list[str]]:
         raise RaftuneError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
     if path.suffix == ".jsonl":
         records = []
-        for n, line in enumerate(text.splitlines()):
+        # lines end at "\n" only: str.splitlines() would also cut at U+2028 or U+0085 inside a JSON string, which
+        # json.dumps(ensure_ascii=False) leaves unescaped (the seed's PDF paragraphs hold them)
+        for n, line in enumerate(text.split("\n")):
             if line.strip():
                 try:
                     records.append(json.loads(line))

@@ -87,3 +87,9 @@ def split_by_question(rows: list[dict], eval_fraction: float, seed: int) -> tupl
     held_out = set(rng.sample(questions, round(len(questions) * eval_fraction)))
     return ([r for r in rows if r["question_index"] not in held_out],
             [r for r in rows if r["question_index"] in held_out])
+
+
+def split_by_row(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Paragraphs have no question: `fraction` of the rows, drawn with `seed`, are held out."""
+    held = set(random.Random(seed).sample(range(len(rows)), round(len(rows) * fraction)))
+    return [r for n, r in enumerate(rows) if n not in held], [r for n, r in enumerate(rows) if n in held]

@@ -9,17 +9,16 @@ Formats (each train/eval JSONL, plus the `hf` rows as an Arrow `save_to_disk` fo
 
 from __future__ import annotations
 
-import random
-
 from datasets import Dataset, DatasetDict
 from datasets.utils.logging import disable_progress_bar
 from tqdm import tqdm
 
 from raftune.chat import messages
 from raftune.config import RunConfig
+from raftune.data import given
 from raftune.data.corpus import corpus_chunks, load_qac
 from raftune.data.generators import make_generator
-from raftune.data.raft import build_rows, split_by_question
+from raftune.data.raft import build_rows, split_by_question, split_by_row
 from raftune.manifest import Stage, write_jsonl
 
 
@@ -40,7 +39,44 @@ def formats(rows: list[dict]) -> dict[str, list[dict]]:
     }
 
 
+def write_splits(directory, name: str, train: list[dict], evaluation: list[dict]) -> None:
+    for split, rows in (("train", train), ("eval", evaluation)):
+        write_jsonl(directory / f"{name}_{split}.jsonl", rows)
+
+
+def write_raft(directory, train: list[dict], evaluation: list[dict], names: list[str]) -> None:
+    """The RAFT rows as the `save_to_disk` folder that training reads, and as JSONL in each of `names`' formats."""
+    for name in names:
+        write_splits(directory, name, formats(train)[name], formats(evaluation)[name])
+    disable_progress_bar()  # a bar per split for a few hundred rows is noise
+    DatasetDict({"train": Dataset.from_list(train), "eval": Dataset.from_list(evaluation)}).save_to_disk(
+        str(directory / "raft"))
+
+
+def run_given(config: RunConfig):
+    """Training rows from existing files (raftune.data.given) instead of the corpus."""
+    cfg = config.data
+    stage = Stage(config, "data", {"raft": cfg.raft, "clean": cfg.clean, "paragraphs": cfg.paragraphs,
+                                   "qac": cfg.qac if not cfg.raft and config.train.approach == "qac" else None})
+    splits, inputs = given.splits(config, stage.dir / "clean")
+    for approach, (train, evaluation) in splits.items():
+        if approach == "raft":
+            write_raft(stage.dir, train, evaluation, cfg.formats)
+        else:
+            write_splits(stage.dir, approach, train, evaluation)
+    stage.outputs = {"inputs": inputs, **{f"{a}_rows": {"train": len(t), "eval": len(e)} for a, (t, e) in splits.items()}}
+    stage.finish()
+    read = "; ".join(f"{v['input']} ({v['rows_read']} rows, data.clean={v['clean']}: {v['kept']} kept)" if "kept" in v
+                     else f"{v['input']} ({v['rows']} rows)" for v in inputs.values())
+    report = stage.dir / "clean" / "report.md"
+    print(f"data: {read} -> {', '.join(f'{a} {len(t)} train / {len(e)} eval' for a, (t, e) in splits.items())} -> "
+          f"{stage.dir}" + (f" (cleaning report: {report})" if report.is_file() else ""))
+    return stage.dir
+
+
 def run(config: RunConfig):
+    if given.applies(config):
+        return run_given(config)
     cfg = config.data
     stage = Stage(config, "data", {"corpus": cfg.corpus, "qac": cfg.qac, "generator": cfg.generator,
                                    "generator_model": cfg.generator_model})
@@ -56,19 +92,11 @@ def run(config: RunConfig):
     # the inputs of the other training approaches, split the same way: QAC by the same held-out questions,
     # paragraphs by the same fraction
     held_out = {r["question_index"] for r in evaluation}
-    for split, keep in (("train", lambda i: i not in held_out), ("eval", lambda i: i in held_out)):
-        write_jsonl(stage.dir / f"qac_{split}.jsonl", [{"id": f"q{i}", **item} for i, item in enumerate(qac) if keep(i)])
-    rng = random.Random(cfg.seed)
-    eval_chunks = set(rng.sample(range(len(chunks)), round(len(chunks) * cfg.eval_fraction)))
-    for split, wanted in (("train", False), ("eval", True)):
-        write_jsonl(stage.dir / f"docs_{split}.jsonl", [{"id": c.id, "text": c.text} for i, c in enumerate(chunks)
-                                                         if (i in eval_chunks) == wanted])
-    for name in cfg.formats:
-        for split, split_rows in (("train", train), ("eval", evaluation)):
-            write_jsonl(stage.dir / f"{name}_{split}.jsonl", formats(split_rows)[name])
-    disable_progress_bar()  # a bar per split for a few hundred rows is noise
-    DatasetDict({"train": Dataset.from_list(train), "eval": Dataset.from_list(evaluation)}).save_to_disk(
-        str(stage.dir / "raft"))
+    write_splits(stage.dir, "qac", *[[{"id": f"q{i}", **item} for i, item in enumerate(qac) if (i in held_out) == wanted]
+                                     for wanted in (False, True)])
+    write_splits(stage.dir, "docs", *split_by_row([{"id": c.id, "text": c.text} for c in chunks], cfg.eval_fraction,
+                                                  cfg.seed))
+    write_raft(stage.dir, train, evaluation, cfg.formats)
     stage.outputs = {"chunks": len(chunks), "questions": len(qac), "train_rows": len(train),
                      "eval_rows": len(evaluation), "with_oracle": sum(r["oracle_index"] is not None for r in rows),
                      "generator_calls": generator.calls, "formats": cfg.formats, "dataset": str(stage.dir / "raft")}

@@ -99,13 +99,12 @@ def extractive_baseline(items, contexts) -> list[dict]:
 
 def write_extractive_baseline(config, out: str | Path) -> int:
     """The baseline's answers for the recipe's test set, with the evaluation's own retrieval (top_k passages)."""
-    from raftune.evaluate.retrieval import load_embedder
     from raftune.evaluate.stage import contexts
     from raftune.evaluate.testset import load_testset
     from raftune.manifest import write_jsonl
 
     items = load_testset(config.evaluate.testset)
-    context, _ = contexts(config, items, load_embedder(config.evaluate.embedding_model))
+    context, _ = contexts(config, items)
 
     class _Passage:  # the baseline reads only .text
         def __init__(self, text):

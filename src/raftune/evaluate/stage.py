@@ -28,7 +28,7 @@ from raftune.evaluate.metrics import final_answer
 from raftune.evaluate.providers import Answer, check_spec, make_provider
 from raftune.evaluate.recorded import recorded_answer, recorded_models
 from raftune.evaluate.results import config_hash, new_run_id, tidy, write_results
-from raftune.evaluate.retrieval import Retriever, load_embedder, retrieval_report
+from raftune.evaluate.retrieval import build_retriever, load_embedder, retrieval_report
 from raftune.evaluate.scoring import bootstrap_ci, score_rows, summarise
 from raftune.evaluate.testset import load_testset
 from raftune.manifest import Stage, library_versions, write_json, write_jsonl, write_text
@@ -68,7 +68,7 @@ def model_specs(config: RunConfig) -> list[dict]:
     return specs
 
 
-def contexts(config: RunConfig, items, embedder):
+def contexts(config: RunConfig, items):
     """(context chunks or texts per item, retrieval report). Retrieved: the top_k passages of the corpus; given:
     each RAFT row's own documents. The cited passages (for citation correctness) come from the corpus."""
     cfg = config.evaluate
@@ -87,9 +87,9 @@ def contexts(config: RunConfig, items, embedder):
             item.cited_texts = [c.text for c in chunks if c.document == item.cite_document
                                 and (not item.cite_pages or c.page in item.cite_pages)]
     depth = max([cfg.top_k, *cfg.retrieval_ks])
-    ranked = Retriever(embedder, chunks).search([i.question for i in items], depth)
-    report = retrieval_report(items, ranked, cfg.retrieval_ks)
-    report["top_k"] = cfg.top_k
+    retriever = build_retriever(cfg, chunks)
+    ranked = retriever.search([i.question for i in items], depth)
+    report = {**retrieval_report(items, ranked, cfg.retrieval_ks), "top_k": cfg.top_k, "retriever": retriever.name}
     return [[{"id": c.id, "text": c.text} for c in row[:cfg.top_k]] for row in ranked], report
 
 
@@ -145,11 +145,10 @@ def evaluate(config: RunConfig, specs: list[dict], out: Path, history: Path) -> 
     for spec in specs:  # a bad answers file fails now, not after the models have run
         if spec["kind"] == "recorded":
             recorded_models(spec, items)
-    embedder = load_embedder(cfg.embedding_model)
-    context, report = contexts(config, items, embedder)
+    context, report = contexts(config, items)
     rows = answer_all(config, specs, items, context, ResponseCache(out / "answer_cache.jsonl"))
 
-    scores = score_rows(rows, embedder)
+    scores = score_rows(rows, load_embedder(cfg.embedding_model))
     digest = config_hash(config_to_dict(config))
     when = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     run_id = new_run_id(config.run, digest)

@@ -60,7 +60,7 @@ def gguf_type(path) -> str:
 
 def fidelity_prompts(tokenizer, testset: str, corpus_chunks, embedding_model: str, top_k: int, limit: int | None = None):
     """(question, documents) of the first phrasing of each test, with retrieved context, as evaluation sees them."""
-    from raftune.evaluate.retrieval import Retriever, load_embedder
+    from raftune.evaluate.retrieval import Retriever
     from raftune.evaluate.testset import load_testset
 
     items, seen = [], set()
@@ -69,7 +69,7 @@ def fidelity_prompts(tokenizer, testset: str, corpus_chunks, embedding_model: st
             seen.add(item.test_id)
             items.append(item)
     items = items[:limit] if limit else items
-    contexts = Retriever(load_embedder(embedding_model), corpus_chunks).search([i.question for i in items], top_k)
+    contexts = Retriever(corpus_chunks, "dense", embedding_model).search([i.question for i in items], top_k)
     return [(i.question, [c.text for c in ctx]) for i, ctx in zip(items, contexts)]
 
 
