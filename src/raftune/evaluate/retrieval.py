@@ -1,10 +1,19 @@
 """Dense retrieval with sentence-transformers: embed the corpus chunks once, take the top-k per question.
 
+`build_retriever(config)` is how evaluate, the fidelity report and the assistant (`raftune serve`/`chat`) all get
+theirs: the corpus chunks and the embedder of the recipe, with the chunk embeddings cached on disk beside the run
+(runs/<run>/retrieval/), keyed by the embedder and the chunks' text, so only a changed corpus is embedded again.
+
 `retrieval_report` measures it the way the seed's report did: for k in 1, 3, 5, 10, the share of questions whose
 cited document and page is among the top k, and the share whose keywords all occur in the top-k passages.
 """
 
 from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
 
 import numpy as np
 
@@ -38,10 +47,14 @@ def load_embedder(name: str):
                            f"({str(err).splitlines()[0]})") from None
 
 
+def embed_chunks(embedder, chunks) -> np.ndarray:
+    return embedder.encode([c.text for c in chunks], normalize_embeddings=True, show_progress_bar=False)
+
+
 class Retriever:
-    def __init__(self, embedder, chunks):
+    def __init__(self, embedder, chunks, matrix: np.ndarray | None = None):
         self.embedder, self.chunks = embedder, chunks
-        self.matrix = embedder.encode([c.text for c in chunks], normalize_embeddings=True, show_progress_bar=False)
+        self.matrix = embed_chunks(embedder, chunks) if matrix is None else matrix
 
     def search_scored(self, questions: list[str], k: int) -> list[list[tuple]]:
         """[(chunk, cosine similarity)] per question, best first."""
@@ -52,6 +65,30 @@ class Retriever:
 
     def search(self, questions: list[str], k: int) -> list[list]:
         return [[chunk for chunk, _ in row] for row in self.search_scored(questions, k)]
+
+
+def cached_embeddings(embedder, name: str, chunks, folder: Path) -> np.ndarray:
+    """The chunks' embeddings from `folder`, computed and stored there (atomically) on the first call."""
+    key = hashlib.sha256(json.dumps([name, [[c.id, c.text] for c in chunks]], ensure_ascii=False).encode()).hexdigest()
+    path = folder / f"embeddings-{key[:16]}.npy"
+    if path.is_file():
+        return np.load(path)
+    matrix = embed_chunks(embedder, chunks)
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial.npy")
+    np.save(partial, matrix)
+    os.replace(partial, path)
+    return matrix
+
+
+def build_retriever(config, embedder=None) -> Retriever:
+    """The recipe's corpus chunks and embedder (or the one given, already loaded), embeddings cached beside the run."""
+    from raftune.data.corpus import corpus_chunks
+
+    name = config.evaluate.embedding_model
+    embedder = embedder or load_embedder(name)
+    chunks = corpus_chunks(config.data)
+    return Retriever(embedder, chunks, cached_embeddings(embedder, name, chunks, config.stage_dir("retrieval")))
 
 
 def cited_passage_hit(item, passages) -> bool | None:

@@ -28,7 +28,7 @@ from raftune.evaluate.metrics import final_answer
 from raftune.evaluate.providers import Answer, check_spec, make_provider
 from raftune.evaluate.recorded import recorded_answer, recorded_models
 from raftune.evaluate.results import config_hash, new_run_id, tidy, write_results
-from raftune.evaluate.retrieval import Retriever, load_embedder, retrieval_report
+from raftune.evaluate.retrieval import build_retriever, load_embedder, retrieval_report
 from raftune.evaluate.scoring import bootstrap_ci, score_rows, summarise
 from raftune.evaluate.testset import load_testset
 from raftune.manifest import Stage, library_versions, write_json, write_jsonl, write_text
@@ -79,15 +79,14 @@ def contexts(config: RunConfig, items, embedder):
         return [[{"id": f"given/{n}", "text": t} for n, t in enumerate(i.documents)] for i in items], None
     if cfg.context != "retrieved":
         raise RaftuneError(f"evaluate.context must be retrieved or given, got '{cfg.context}'")
-    from raftune.data.corpus import corpus_chunks
-
-    chunks = corpus_chunks(config.data)
+    retriever = build_retriever(config, embedder)
+    chunks = retriever.chunks
     for item in items:
         if not item.cited_texts and item.cite_document is not None:
             item.cited_texts = [c.text for c in chunks if c.document == item.cite_document
                                 and (not item.cite_pages or c.page in item.cite_pages)]
     depth = max([cfg.top_k, *cfg.retrieval_ks])
-    ranked = Retriever(embedder, chunks).search([i.question for i in items], depth)
+    ranked = retriever.search([i.question for i in items], depth)
     report = retrieval_report(items, ranked, cfg.retrieval_ks)
     report["top_k"] = cfg.top_k
     return [[{"id": c.id, "text": c.text} for c in row[:cfg.top_k]] for row in ranked], report
