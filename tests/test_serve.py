@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx2 as httpx  # the HTTP client the pinned openai package brings
+import numpy as np
 import pytest
 import uvicorn
 from openai import BadRequestError, OpenAI
@@ -22,9 +23,29 @@ from raftune.evaluate.testset import load_testset
 from raftune.serve.app import create_app
 from raftune.serve.assistant import MAX_QUESTION_CHARS, Assistant, choose_gguf
 
-from conftest import MINI_OVERRIDES, ROOT, free_port
+from conftest import MINI, MINI_OVERRIDES, ROOT, free_port, mini_config
 
 CHROMIUM = Path("/usr/bin/chromium")
+
+
+def test_chunk_embeddings_are_computed_once_and_cached_beside_the_run(tmp_path):
+    from raftune.evaluate.retrieval import build_retriever, load_embedder
+
+    config = mini_config(tmp_path / "runs")
+    embedder = load_embedder(config.evaluate.embedding_model)
+    first = build_retriever(config, embedder)
+    (cached,) = (tmp_path / "runs" / "mini" / "retrieval").glob("embeddings-*.npy")
+    assert first.matrix.shape == (len(first.chunks), 384)
+    np.save(cached, first.matrix[::-1])  # a marked file: a later build must read it, not embed again
+    assert (build_retriever(config, embedder).matrix == first.matrix[::-1]).all()
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(MINI / "corpus", corpus)
+    changed = corpus / "ordnung.json"
+    changed.write_text(changed.read_text(encoding="utf-8").replace("Anmeldefrist", "Meldefrist"), encoding="utf-8")
+    config.data.corpus = str(corpus)
+    build_retriever(config, embedder)
+    assert len(list((tmp_path / "runs" / "mini" / "retrieval").glob("embeddings-*.npy"))) == 2
 
 
 def cli_args(config) -> list[str]:
