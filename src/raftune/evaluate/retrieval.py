@@ -1,8 +1,8 @@
 """Dense retrieval with sentence-transformers: embed the corpus chunks once, take the top-k per question.
 
-`build_retriever(config)` is how evaluate, the fidelity report and the assistant (`raftune serve`/`chat`) all get
-theirs: the corpus chunks and the embedder of the recipe, with the chunk embeddings cached on disk beside the run
-(runs/<run>/retrieval/), keyed by the embedder and the chunks' text, so only a changed corpus is embedded again.
+`build_retriever(config)` is how evaluate and the assistant (`raftune serve`/`chat`) get theirs: the recipe's corpus
+chunks and embedder, with the chunk embeddings cached on disk beside the run (runs/<run>/retrieval/), keyed by the
+embedder's name and the chunks' text, so only a changed corpus is embedded again.
 
 `retrieval_report` measures it the way the seed's report did: for k in 1, 3, 5, 10, the share of questions whose
 cited document and page is among the top k, and the share whose keywords all occur in the top-k passages.
