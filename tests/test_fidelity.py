@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from raftune import RaftuneError, cli
-from raftune.data.corpus import corpus_chunks
+from raftune.evaluate.retrieval import build_retriever
 from raftune.export import failure_modes, fidelity
 from raftune.export.stage import export, export_lora
 from raftune.merge import merge
@@ -21,8 +21,8 @@ REPORT_KEYS = {"gguf_type", "tokenization_match", "top1_agreement", "nmse", "kl_
 def setup(mini_run):
     config, _ = mini_run
     hf = config.stage_dir("merge") / "model"
-    prompts = fidelity.fidelity_prompts(load_tokenizer(str(hf)), config.evaluate.testset, corpus_chunks(config.data),
-                                        config.evaluate.embedding_model, config.evaluate.top_k)
+    prompts = fidelity.fidelity_prompts(load_tokenizer(str(hf)), config.evaluate.testset, build_retriever(config),
+                                        config.evaluate.top_k)
     return config, hf, config.stage_dir("export") / "model-f16.gguf", prompts
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from raftune import RaftuneError
 from raftune.cli import main
-from raftune.config import EvaluateConfig
+from raftune.config import RunConfig
 from raftune.data.corpus import Chunk, load_corpus
 from raftune.evaluate.retrieval import RRF_K, Retriever, build_retriever, retrieval_report
 from raftune.evaluate.testset import load_testset
@@ -54,13 +54,13 @@ def test_hybrid_is_the_reciprocal_rank_fusion_of_dense_and_bm25():
 
 def test_unknown_retriever_is_named():
     with pytest.raises(RaftuneError, match="evaluate.retriever must be one of dense, bm25, hybrid, got 'tfidf'"):
-        build_retriever(EvaluateConfig(retriever="tfidf"), CHUNKS)
+        Retriever(CHUNKS, "tfidf")
 
 
-def test_the_default_retriever_finds_the_cited_passage_in_the_top_3_for_90_percent_of_the_demo_set():
+def test_the_default_retriever_finds_the_cited_passage_in_the_top_3_for_90_percent_of_the_demo_set(tmp_path):
     items = load_testset(ROOT / "datasets" / "demo" / "testset.json")
     chunks = load_corpus(ROOT / "datasets" / "demo" / "corpus")
-    ranked = build_retriever(EvaluateConfig(), chunks).search([i.question for i in items], 3)
+    ranked = build_retriever(RunConfig(runs_dir=str(tmp_path)), chunks).search([i.question for i in items], 3)
     assert retrieval_report(items, ranked, [3])["k"]["3"]["cited_passage"] >= 0.9
 
 

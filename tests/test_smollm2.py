@@ -8,7 +8,7 @@ import torch
 
 from raftune.chat import encode
 from raftune.config import load_config
-from raftune.data.corpus import corpus_chunks
+from raftune.evaluate.retrieval import build_retriever
 from raftune.export import fidelity
 from raftune.export.stage import export
 from raftune.models import base_provenance, load_model, load_tokenizer, resolve_base
@@ -42,8 +42,7 @@ def test_named_base_is_built_from_the_package_with_provenance(smollm2):
 def test_f16_gguf_of_the_bpe_model_passes_the_fidelity_gate(smollm2, tmp_path):
     config, folder = smollm2
     export(folder, tmp_path / "smollm2-f16.gguf", "f16")
-    prompts = fidelity.fidelity_prompts(load_tokenizer(str(folder)), config.evaluate.testset, corpus_chunks(config.data),
-                                        config.evaluate.embedding_model, 1, 2)
+    prompts = fidelity.fidelity_prompts(load_tokenizer(str(folder)), config.evaluate.testset, build_retriever(config), 1, 2)
     report = fidelity.compare(folder, tmp_path / "smollm2-f16.gguf", prompts, greedy_tokens=8)
     assert report["tokenization_match"] and report["control_tokens_parsed"] and not fidelity.gate(report)
     assert report["nmse"] < 1e-4 and report["top1_agreement"] >= 0.99

@@ -103,6 +103,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(plot)
     plot.add_argument("--results", help="a folder holding results.parquet (default: runs/<run>/evaluate)")
     plot.add_argument("--out", help="with --results: where the figures go (default: RESULTS/plots)")
+    for name, text in (("serve", "answer from the documents over an OpenAI-compatible API and a web page"),
+                       ("chat", "answer from the documents in the terminal, one question a line")):
+        tool = sub.add_parser(name, help=text, description=(
+            text + ": retrieve the top_k passages, render the prompt the model was trained and evaluated with, "
+            "generate with the GGUF (greedy), show the answer with its sources."))
+        _add_config_args(tool)
+        tool.add_argument("--gguf", help="the GGUF to answer with (default: the run's best GGUF that passed its "
+                                         "fidelity report)")
+        tool.add_argument("--tokenizer", help="HF folder whose chat template renders the prompts (default: the "
+                                              "run's merged model)")
+        tool.add_argument("--allow-failed", action="store_true",
+                          help="answer with a GGUF even though its fidelity report failed")
+        if name == "serve":
+            tool.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+            tool.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+            tool.add_argument("--queue", type=int, default=4,
+                              help="requests that may wait while one is answered; more get HTTP 503 (default 4)")
     fid = sub.add_parser(
         "fidelity", help="compare a GGUF with its HF model: tokenisation, logits (NMSE, KL, top-1), greedy text",
         description="Run the fidelity report of a GGUF against the HF folder it was made from, on the recipe's "
@@ -150,12 +167,11 @@ def _fidelity_prompts(config, hf_dir, prompts_file):
 
     if prompts_file:
         return fidelity.load_prompts_file(prompts_file)
-    from raftune.data.corpus import corpus_chunks
+    from raftune.evaluate.retrieval import build_retriever
     from raftune.models import load_tokenizer
 
-    return fidelity.fidelity_prompts(load_tokenizer(str(hf_dir)), config.evaluate.testset, corpus_chunks(config.data),
-                                     config.evaluate.embedding_model, config.evaluate.top_k,
-                                     config.export.fidelity_prompts)
+    return fidelity.fidelity_prompts(load_tokenizer(str(hf_dir)), config.evaluate.testset, build_retriever(config),
+                                     config.evaluate.top_k, config.export.fidelity_prompts)
 
 
 def _fidelity_tool(args, config) -> int:
@@ -171,6 +187,33 @@ def _fidelity_tool(args, config) -> int:
     print(fidelity.markdown_table([report]), end="")
     if problems:
         raise RaftuneError(f"{args.gguf}: fidelity gate failed: {'; '.join(problems)} (report: {args.json})")
+    return 0
+
+
+def _assistant_tool(args, config) -> int:
+    from raftune.serve.assistant import Assistant, QuestionError
+
+    assistant = Assistant(config, args.gguf, args.tokenizer, args.allow_failed)
+    if args.command == "serve":
+        from raftune.serve.app import serve
+
+        serve(assistant, args.host, args.port, args.queue)
+        return 0
+    print(f"chat: {assistant.gguf}; one question a line, Ctrl-D ends", file=sys.stderr)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            result = assistant.answer(line.rstrip("\n"))
+        except QuestionError as err:
+            print(f"raftune: {err}", flush=True)
+            continue
+        print(result["answer"])
+        print(f"=> {result['final_answer']}")
+        for n, source in enumerate(result["sources"], 1):
+            print(f"  [{n}] {source['document']}, page {source['page']} (score {source['score']:.2f}): "
+                  f"{source['text'][:160]}")
+        print(flush=True)
     return 0
 
 
@@ -211,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
             return _export_tool(args, config)
         if args.command == "fidelity":
             return _fidelity_tool(args, config)
+        if args.command in ("serve", "chat"):
+            return _assistant_tool(args, config)
         if args.command == "merge" and args.method:
             config.merge.method = args.method
         if args.command == "data":

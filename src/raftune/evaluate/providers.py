@@ -147,6 +147,15 @@ class HFProvider:
         self.model = None
 
 
+# Greedy, no repetition penalty: the GGUF's answers in evaluate, `raftune serve` and `raftune chat`.
+GGUF_SAMPLING = {"temperature": 0.0, "top_k": 1, "repeat_penalty": 1.0}
+
+
+def gguf_tokens(llm, prompt: str) -> list[int]:
+    """The rendered prompt already holds BOS and the control tokens as text: parse them, add nothing."""
+    return llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+
+
 class GGUFProvider:
     def __init__(self, spec: dict, max_new_tokens: int):
         from raftune.models import load_tokenizer
@@ -166,10 +175,8 @@ class GGUFProvider:
             self.llm = open_gguf(self.spec["path"], n_ctx=int(self.spec.get("n_ctx", 4096)))
         for i, prompt in enumerate(prompts):
             started = time.time()
-            # The rendered prompt already holds BOS and the control tokens as text: parse them, add nothing.
-            tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
-            out = self.llm.create_completion(tokens, max_tokens=self.max_new_tokens, temperature=0.0, top_k=1,
-                                             repeat_penalty=1.0)
+            out = self.llm.create_completion(gguf_tokens(self.llm, prompt), max_tokens=self.max_new_tokens,
+                                             **GGUF_SAMPLING)
             yield i, Answer(out["choices"][0]["text"].strip(), out["usage"]["completion_tokens"], time.time() - started)
 
     def close(self):

@@ -13,9 +13,18 @@ the documents this tool is for are German regulations. `raftune evaluate --retri
 retriever on the test set (`compare`); `retrieval_report` measures the configured one the way the seed's report
 did: for each k, the share of questions whose cited document and page is among the top k, and the share whose
 keywords all occur in the top-k passages.
+
+`build_retriever(config)` is how evaluate, the fidelity report and the assistant (`raftune serve`/`chat`) get
+theirs: the recipe's corpus chunks and retriever, with the dense passage embeddings cached on disk beside the run
+(runs/<run>/retrieval/), keyed by the embedder's name and the chunks' text, so only a changed corpus is embedded again.
 """
 
 from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
 
 import numpy as np
 
@@ -118,7 +127,7 @@ class Retriever:
     """`search_scored(questions, k)`: [(chunk, score)] per question, best first; the score is the cosine similarity
     (dense), the BM25 score (bm25) or the fused reciprocal-rank score (hybrid)."""
 
-    def __init__(self, chunks, method: str = "dense", model: str = DENSE_MODELS[0]):
+    def __init__(self, chunks, method: str = "dense", model: str = DENSE_MODELS[0], cache: Path | None = None):
         if method not in RETRIEVERS:
             raise RaftuneError(f"evaluate.retriever must be one of {', '.join(RETRIEVERS)}, got '{method}'")
         self.chunks, self.method, self.model = chunks, method, model
@@ -126,7 +135,8 @@ class Retriever:
         self.bm25 = BM25(texts) if method in ("bm25", "hybrid") else None
         if method in ("dense", "hybrid"):
             self.encode_questions, encode_passages = dense_encoders(model)
-            self.matrix = encode_passages(texts)
+            self.matrix = (encode_passages(texts) if cache is None
+                           else cached_embeddings(encode_passages, model, chunks, cache))
 
     @property
     def name(self) -> str:
@@ -147,9 +157,28 @@ class Retriever:
         return [[chunk for chunk, _ in row] for row in self.search_scored(questions, k)]
 
 
-def build_retriever(evaluate_config, chunks) -> Retriever:
-    """The retriever a config's `evaluate` section names: the one every answering path retrieves with."""
-    return Retriever(chunks, evaluate_config.retriever, evaluate_config.retrieval_model)
+def cached_embeddings(encode_passages, name: str, chunks, folder: Path) -> np.ndarray:
+    """The chunks' passage embeddings from `folder`, computed and stored there (atomically) on the first call."""
+    key = hashlib.sha256(json.dumps([name, [[c.id, c.text] for c in chunks]], ensure_ascii=False).encode()).hexdigest()
+    path = folder / f"embeddings-{key[:16]}.npy"
+    if path.is_file():
+        return np.load(path)
+    matrix = encode_passages([c.text for c in chunks])
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial.npy")
+    np.save(partial, matrix)
+    os.replace(partial, path)
+    return matrix
+
+
+def build_retriever(config, chunks=None) -> Retriever:
+    """The retriever the recipe's `evaluate` section names, over its corpus chunks (or the chunks given): the one
+    every answering path retrieves with. Dense passage embeddings are cached beside the run."""
+    from raftune.data.corpus import corpus_chunks
+
+    chunks = corpus_chunks(config.data) if chunks is None else chunks
+    cfg = config.evaluate
+    return Retriever(chunks, cfg.retriever, cfg.retrieval_model, cache=config.stage_dir("retrieval"))
 
 
 def cited_passage_hit(item, passages) -> bool | None:

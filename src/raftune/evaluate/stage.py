@@ -79,15 +79,13 @@ def contexts(config: RunConfig, items):
         return [[{"id": f"given/{n}", "text": t} for n, t in enumerate(i.documents)] for i in items], None
     if cfg.context != "retrieved":
         raise RaftuneError(f"evaluate.context must be retrieved or given, got '{cfg.context}'")
-    from raftune.data.corpus import corpus_chunks
-
-    chunks = corpus_chunks(config.data)
+    retriever = build_retriever(config)
+    chunks = retriever.chunks
     for item in items:
         if not item.cited_texts and item.cite_document is not None:
             item.cited_texts = [c.text for c in chunks if c.document == item.cite_document
                                 and (not item.cite_pages or c.page in item.cite_pages)]
     depth = max([cfg.top_k, *cfg.retrieval_ks])
-    retriever = build_retriever(cfg, chunks)
     ranked = retriever.search([i.question for i in items], depth)
     report = {**retrieval_report(items, ranked, cfg.retrieval_ks), "top_k": cfg.top_k, "retriever": retriever.name}
     return [[{"id": c.id, "text": c.text} for c in row[:cfg.top_k]] for row in ranked], report

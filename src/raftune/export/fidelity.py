@@ -58,9 +58,9 @@ def gguf_type(path) -> str:
     return {"ALL_F32": "f32"}.get(name, name.removeprefix("MOSTLY_").lower())
 
 
-def fidelity_prompts(tokenizer, testset: str, corpus_chunks, embedding_model: str, top_k: int, limit: int | None = None):
-    """(question, documents) of the first phrasing of each test, with retrieved context, as evaluation sees them."""
-    from raftune.evaluate.retrieval import Retriever
+def fidelity_prompts(tokenizer, testset: str, retriever, top_k: int, limit: int | None = None):
+    """(question, documents) of the first phrasing of each test, with the context `retriever` (the recipe's,
+    `build_retriever`) finds for it: as evaluation sees them."""
     from raftune.evaluate.testset import load_testset
 
     items, seen = [], set()
@@ -69,7 +69,7 @@ def fidelity_prompts(tokenizer, testset: str, corpus_chunks, embedding_model: st
             seen.add(item.test_id)
             items.append(item)
     items = items[:limit] if limit else items
-    contexts = Retriever(corpus_chunks, "dense", embedding_model).search([i.question for i in items], top_k)
+    contexts = retriever.search([i.question for i in items], top_k)
     return [(i.question, [c.text for c in ctx]) for i, ctx in zip(items, contexts)]
 
 

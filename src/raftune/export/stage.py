@@ -110,7 +110,7 @@ def references(config: RunConfig) -> list[tuple[str, list[str], str]] | None:
 
 
 def run(config: RunConfig):
-    from raftune.data.corpus import corpus_chunks
+    from raftune.evaluate.retrieval import build_retriever
     from raftune.models import load_tokenizer, resolve_base
 
     model_dir = config.stage_dir("merge") / "model"
@@ -119,8 +119,7 @@ def run(config: RunConfig):
     cfg = config.export
     stage = Stage(config, "export", {"model": str(model_dir), "converter": source_info()})
     prompts = fidelity.fidelity_prompts(load_tokenizer(str(model_dir)), config.evaluate.testset,
-                                        corpus_chunks(config.data), config.evaluate.embedding_model,
-                                        config.evaluate.top_k, cfg.fidelity_prompts)
+                                        build_retriever(config), config.evaluate.top_k, cfg.fidelity_prompts)
     refs = references(config)
     base_eos = {"base_eos_probability": fidelity.base_eos_probability(resolve_base(config), refs)} if refs else {}
     files, reports, failures = {}, [], []
