@@ -84,6 +84,11 @@ def test_failing_and_killed_reruns_leave_the_run_and_resume_falls_back_past_brok
     shutil.rmtree(checkpoints / "checkpoint-16", ignore_errors=True)
     (checkpoints / "checkpoint-16").mkdir()
 
+    capsys.readouterr()
+    assert main(raftune_train(tmp_path)) == 2  # a plain rerun would delete the checkpoints: it refuses
+    assert "train.partial holds checkpoints of a run that did not finish; continue it with `raftune train --resume`" \
+        in capsys.readouterr().err
+
     resumed = subprocess.run([sys.executable, "-m", "raftune", *raftune_train(tmp_path, "--resume")], env=env,
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -301,6 +301,12 @@ def run(config: RunConfig, resume: bool = False, make_collator=None):
     """Train the recipe's adapter. `make_collator(tokenizer)` replaces the data collator: only for reproducing a
     training mistake on purpose (raftune.export.failure_modes.PadIsEosCollator)."""
     examples = load_examples(config)  # fails on a missing file or column before any model is loaded
+    work = config.stage_dir("train").with_name("train.partial")
+    if not resume and main_process() and any(checkpoint_problem(p) is None
+                                             for p in (work / "checkpoints").glob("checkpoint-*")):
+        # starting over would delete them: hours of GPU time, perhaps
+        raise RaftuneError(f"{work} holds checkpoints of a run that did not finish; continue it with "
+                           f"`raftune train --resume`, or delete that folder to start over")
     base = resolve_base(config)
     # the run writes into runs/<run>/train.partial (checkpoints and logs included) and replaces runs/<run>/train only
     # when it has finished: a failing or killed rerun leaves the finished run's adapter and logs as they were
