@@ -46,6 +46,7 @@ class JsonlLossLog(TrainerCallback):
 
     def __init__(self, path: Path):
         self.path = path
+        path.touch()  # never truncated: a resumed run's lines were trimmed to its checkpoint by resume_point
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero:
