@@ -115,7 +115,7 @@ def test_failure_mid_run_keeps_every_answer_and_the_rerun_asks_only_for_the_rest
     config = endpoint_config(tmp_path, {"name": "api", "base_url": stub.url})
     with pytest.raises(RaftuneError, match=r"answered HTTP 503 after 1 retries .*; 3 of 8 answers of this model"):
         stage.run(config)
-    cache = config.stage_dir("evaluate") / "answer_cache.jsonl"
+    cache = config.cache_dir() / "answers.jsonl"
     assert len(cache.read_text().splitlines()) == 3
     # the failing request and its one retry, and at most one more that a worker had already started; the rest were
     # cancelled

@@ -41,7 +41,7 @@ def test_interrupted_api_build_resumes_without_repeating_calls(server, tmp_path,
     monkeypatch.setattr(ChatGenerator, "_ask", ctrl_c_after_three)
     with pytest.raises(KeyboardInterrupt):
         data_stage.run(config)
-    cache = config.stage_dir("data") / "generator_cache.jsonl"
+    cache = config.cache_dir() / "generator.jsonl"
     assert len(cache.read_text().splitlines()) == 3 == len(answered)
     assert not (config.stage_dir("data") / "manifest.json").exists()
 

@@ -68,8 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_args(stage)
         if name == "train":
             stage.add_argument("--resume", action="store_true",
-                               help="continue from the newest checkpoint in runs/<run>/train/checkpoints (after a "
-                                    "crash or kill; needs sft.save_strategy=steps)")
+                               help="continue from the newest complete checkpoint of the unfinished run "
+                                    "(runs/<run>/train.partial/checkpoints), else of the finished one "
+                                    "(runs/<run>/train/checkpoints), after a crash or kill; needs "
+                                    "sft.save_strategy=steps")
         if name == "evaluate":
             stage.add_argument("--testset", help="test set: the seed's evaluation JSON or RAFT rows (default: "
                                                  "evaluate.testset of the recipe)")
@@ -224,7 +226,11 @@ def _data_tool(args) -> int:
     if args.tokenizer:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+        except Exception as err:  # noqa: BLE001 - transformers raises OSError, ValueError, HFValidationError, ...
+            raise RaftuneError(f"--tokenizer {args.tokenizer}: not a tokenizer folder or hub id that loads "
+                               f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})") from None
     if args.data_command == "inspect":
         from raftune.data.inspect import format_report, inspect
 

@@ -1,20 +1,24 @@
 """YAML recipes parsed into dataclasses.
 
 The library sections (`quantization`, `lora`, `sft`) are handed unchanged to the libraries' own dataclasses
-(`BitsAndBytesConfig`, `LoraConfig`, `SFTConfig`), so their names and meanings are the libraries'; here we only
-check that every key exists, so that a typo fails at load time with the file and key named, not 10 minutes in.
+(`BitsAndBytesConfig`, `LoraConfig`, `SFTConfig`), so their names and meanings are the libraries'; here we check
+that every key exists and that the values users set most are in range (`RULES`), so that a typo or a wrong value
+fails at load time with the file, key and value named, not 10 minutes in.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from raftune import RaftuneError
+from raftune.manifest import strip_credentials
 
 
 @dataclass
@@ -135,9 +139,194 @@ class RunConfig:
     def stage_dir(self, stage: str) -> Path:
         return Path(self.runs_dir) / self.run / stage
 
+    def cache_dir(self) -> Path:
+        """Answers of generators and evaluated models, kept across reruns and kills (outside every stage folder)."""
+        return Path(self.runs_dir) / self.run / "cache"
+
 
 _SECTIONS = {"data": DataConfig, "train": TrainConfig, "fast": FastConfig, "merge": MergeConfig, "export": ExportConfig,
              "evaluate": EvaluateConfig}
+
+
+# ------------------------------------------------------------------------------------------------ value rules
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a value must be, beyond its type: bounds (`low`/`high`, inclusive unless `*_open`) or `choices`; `each`
+    applies it to every item of a list. `type` is for the library sections; raftune's own fields are type-checked
+    against their annotations. None passes where the annotation (or `optional`) allows it."""
+    type: type | None = None
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple = ()
+    each: bool = False
+    optional: bool = False
+
+    def accepts(self, value) -> bool:
+        if self.each:
+            return isinstance(value, list) and all(dataclasses.replace(self, each=False).accepts(v) for v in value)
+        if self.type is not None and not _is(value, self.type):
+            return False
+        if self.choices and value not in self.choices:
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return self.high is None or not (value > self.high or (self.high_open and value == self.high))
+
+    def expected(self) -> str:
+        what = _DESCRIBE.get(self.type, "a value") if self.type else "a value"
+        if self.choices:
+            what = "one of " + ", ".join(map(str, self.choices))
+        elif self.low is not None and self.high is not None:
+            what += f" in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+        elif self.low is not None:
+            what += f" {'>' if self.low_open else '>='} {self.low}"
+        elif self.high is not None:
+            what += f" {'<' if self.high_open else '<='} {self.high}"
+        return f"a list, each item {what}" if self.each else what
+
+
+def integer(low=None, high=None, **kw) -> Rule:
+    return Rule(int, low, high, **kw)
+
+
+def number(low=None, high=None, **kw) -> Rule:
+    return Rule(float, low, high, **kw)
+
+
+def one_of(*choices, each=False) -> Rule:
+    return Rule(None, choices=choices, each=each)
+
+
+def _gguf_types() -> tuple[str, ...]:
+    """llama.cpp's file types by the names `export.types` uses: f32, f16, bf16, q8_0, q4_k_m, ..."""
+    from gguf import LlamaFileType
+
+    return tuple(name.split("_", 1)[1].lower() for name in LlamaFileType.__members__ if name != "GUESSED")
+
+
+# One line per checked key. raftune's own sections are type-checked from their annotations whatever this says;
+# the library keys (sft, lora, quantization) are checked only when the recipe sets them.
+RULES = {
+    "data.chunk_tokens": integer(1),
+    "data.chunk_overlap": integer(0),
+    "data.num_distractors": integer(0),
+    "data.oracle_probability": number(0, 1),
+    "data.rows_per_question": integer(1),
+    "data.eval_fraction": number(0, 1, high_open=True),
+    "data.formats": one_of("hf", "completion", "chat", each=True),
+    "data.generator": one_of("extractive", "openai", "transformers"),
+    "data.generator_max_retries": integer(0),
+    "data.generator_max_tokens": integer(1),
+    "data.questions_per_chunk": integer(1),
+    "train.approach": one_of("docs", "qac", "raft"),
+    "train.sample_prompts": integer(0),
+    "train.sample_max_new_tokens": integer(1),
+    "fast.tokens_per_batch": integer(0),
+    "fast.checkpoint_layers": integer(0),
+    "merge.method": one_of("dequantized", "pristine"),
+    "export.types": one_of(*_gguf_types(), each=True),
+    "export.max_nmse": number(0),
+    "export.min_top1": number(0, 1),
+    "export.max_eos_drop": number(0, low_open=True),
+    "export.fidelity_prompts": integer(1),
+    "export.greedy_tokens": integer(1),
+    "evaluate.top_k": integer(1),
+    "evaluate.max_new_tokens": integer(1),
+    "evaluate.context": one_of("retrieved", "given"),
+    "evaluate.batch_size": integer(1),
+    "evaluate.retrieval_ks": integer(1, each=True),
+    "evaluate.bootstrap_resamples": integer(1),
+    "sft.learning_rate": number(0, low_open=True),
+    "sft.num_train_epochs": number(0, low_open=True),
+    "sft.max_steps": integer(-1),  # -1: num_train_epochs decides
+    "sft.per_device_train_batch_size": integer(1),
+    "sft.per_device_eval_batch_size": integer(1),
+    "sft.gradient_accumulation_steps": integer(1),
+    "sft.max_length": integer(1),
+    "sft.warmup_steps": number(0),
+    "sft.warmup_ratio": number(0, 1),
+    "sft.weight_decay": number(0),
+    "sft.max_grad_norm": number(0),
+    "sft.logging_steps": number(0, low_open=True),
+    "sft.save_steps": number(0, low_open=True),
+    "sft.eval_steps": number(0, low_open=True, optional=True),
+    "sft.save_total_limit": integer(1, optional=True),
+    "sft.seed": integer(0),
+    "sft.data_seed": integer(0, optional=True),
+    # YAML reads an unquoted no as false: write "no"
+    "sft.save_strategy": one_of("no", "steps", "epoch", "best"),
+    "sft.eval_strategy": one_of("no", "steps", "epoch"),
+    "lora.r": integer(1),
+    "lora.lora_alpha": number(0, low_open=True),
+    "lora.lora_dropout": number(0, 1, high_open=True),
+    "quantization.load_in_4bit": Rule(bool),
+    "quantization.bnb_4bit_quant_type": one_of("nf4", "fp4"),
+    "quantization.bnb_4bit_compute_dtype": one_of("float32", "float16", "bfloat16"),
+}
+
+_DESCRIBE = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping",
+             list: "a list", type(None): "null"}
+
+
+def _is(value, hint) -> bool:
+    """Whether `value` has the annotated type (bool is no number here; an int is a float)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is(value, a) for a in args)
+    if origin is list:
+        return isinstance(value, list) and all(_is(v, args[0]) for v in value)
+    if hint in (int, float):
+        return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+    if hint is type(None):
+        return value is None
+    if hint in (str, bool, dict, list):
+        return isinstance(value, hint)
+    return True  # a type without a rule here (a nested section checks its own fields)
+
+
+def _describe(hint) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is list:
+        return f"a list of {_describe(args[0]).split(' ', 1)[1]}s"
+    return _DESCRIBE.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _fail(origins: dict, source: str, key: str, value, expected: str):
+    shown = repr(value)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    raise RaftuneError(f"{origins.get(key, source)}: {key}={shown}: expected {expected}")
+
+
+def _check_fields(obj, prefix: str, origins: dict, source: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        key, value = f"{prefix}{f.name}", getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_fields(value, f"{key}.", origins, source)
+            continue
+        if not _is(value, hints[f.name]):
+            _fail(origins, source, key, value, _describe(hints[f.name]))
+        rule = RULES.get(key)
+        if rule is not None and value is not None and not rule.accepts(value):
+            _fail(origins, source, key, value, rule.expected())
+
+
+def validate(config: RunConfig, origins: dict, source: str) -> None:
+    """Types, ranges and choices of every value, with the file (or override) it came from named in the error."""
+    _check_fields(config, "", origins, source)
+    for key, rule in RULES.items():
+        section, name = key.split(".", 1)
+        values = getattr(config, section)
+        if isinstance(values, dict) and name in values:
+            value = values[name]
+            if not (value is None and rule.optional) and not rule.accepts(value):
+                _fail(origins, source, key, value, rule.expected())
 
 
 def _library_fields() -> dict[str, set[str]]:
@@ -179,7 +368,7 @@ def _numbers(value):
     return value
 
 
-def apply_override(raw: dict, override: str, source: str) -> None:
+def apply_override(raw: dict, override: str, source: str, origins: dict | None = None) -> None:
     if "=" not in override:
         raise RaftuneError(f"{source}: override '{override}' must look like key=value (e.g. sft.max_steps=10)")
     key, value = override.split("=", 1)
@@ -190,32 +379,37 @@ def apply_override(raw: dict, override: str, source: str) -> None:
         if not isinstance(node, dict):
             raise RaftuneError(f"{source}: override '{key}': '{part}' is not a section")
     node[parts[-1]] = _parse_value(value)
+    if origins is not None:
+        origins[key] = f"{source} (override {key}=...)"
 
 
-def config_from_dict(raw: dict, source: str = "<config>") -> RunConfig:
+def config_from_dict(raw: dict, source: str = "<config>", origins: dict | None = None) -> RunConfig:
     if not isinstance(raw, dict):
         raise RaftuneError(f"{source}: expected a YAML mapping at the top level")
+    origins = origins or {}
     top = {f.name for f in dataclasses.fields(RunConfig)}
     library = _library_fields()
     kwargs = {}
     for key, value in raw.items():
+        where = origins.get(key, source)
         if key not in top:
-            raise RaftuneError(f"{source}: unknown key '{key}' (expected one of: {', '.join(sorted(top))})")
-        if key in _SECTIONS:
+            raise RaftuneError(f"{where}: unknown key '{key}' (expected one of: {', '.join(sorted(top))})")
+        if key in _SECTIONS or key in library:
+            value = {} if value is None and key in library else value
             if not isinstance(value, dict):
-                raise RaftuneError(f"{source}: '{key}' must be a mapping")
-            known = {f.name for f in dataclasses.fields(_SECTIONS[key])}
+                raise RaftuneError(f"{where}: '{key}' must be a mapping, got {value!r}")
+            known = {f.name for f in dataclasses.fields(_SECTIONS[key])} if key in _SECTIONS else library[key]
             for sub in value:
                 if sub not in known:
-                    raise RaftuneError(f"{source}: unknown key '{key}.{sub}' (expected one of: {', '.join(sorted(known))})")
-            value = _SECTIONS[key](**value)
-        elif key in library:
-            value = value or {}
-            for sub in value:
-                if sub not in library[key]:
-                    raise RaftuneError(f"{source}: unknown key '{key}.{sub}' (not a field of the library's {key} config)")
+                    expected = (f"expected one of: {', '.join(sorted(known))}" if key in _SECTIONS
+                                else f"not a field of the library's {key} config")
+                    raise RaftuneError(f"{origins.get(f'{key}.{sub}', source)}: unknown key '{key}.{sub}' ({expected})")
+            if key in _SECTIONS:
+                value = _SECTIONS[key](**value)
         kwargs[key] = value
-    return RunConfig(**kwargs)
+    config = RunConfig(**kwargs)
+    validate(config, origins, source)
+    return config
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -225,31 +419,48 @@ def _merge(base: dict, over: dict) -> dict:
     return merged
 
 
-def _read_yaml(path: Path, seen: tuple = ()) -> dict:
-    """A recipe, with `extends: other.yaml` (relative to this file) merged underneath it, section by section."""
+def _origins(raw: dict, path: Path) -> dict:
+    """Each key (`section.key` for sections) -> the file it was set in."""
+    keys = [f"{k}.{sub}" for k, v in raw.items() if isinstance(v, dict) for sub in v] + list(raw)
+    return dict.fromkeys(keys, str(path))
+
+
+def _read_yaml(path: Path, seen: tuple = ()) -> tuple[dict, dict]:
+    """A recipe, with `extends: other.yaml` (or a list of files, relative to this one) merged underneath it, section
+    by section, in order; and the file each key came from."""
     if not path.is_file():
         raise RaftuneError(f"config file not found: {path}" + (f" (extended by {seen[-1]})" if seen else ""))
     try:
         raw = _numbers(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
     except yaml.YAMLError as err:
         raise RaftuneError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
-    if isinstance(raw, dict) and "extends" in raw:
-        parent = path.parent / raw.pop("extends")
-        if parent.resolve() in seen:
+    if not isinstance(raw, dict) or "extends" not in raw:
+        return raw, _origins(raw, path) if isinstance(raw, dict) else {}
+    extends = raw.pop("extends")
+    parents = [extends] if isinstance(extends, str) else extends
+    if not isinstance(parents, list) or not parents or not all(isinstance(p, str) for p in parents):
+        raise RaftuneError(f"{path}: extends={extends!r}: expected a file or a list of files (relative to this one)")
+    merged, origins = {}, {}
+    for name in parents:
+        parent = path.parent / name
+        if parent.resolve() in seen or parent.resolve() == path.resolve():
             raise RaftuneError(f"{path}: 'extends' loops back to {parent}")
-        raw = _merge(_read_yaml(parent, (*seen, path.resolve())), raw)
-    return raw
+        parent_raw, parent_origins = _read_yaml(parent, (*seen, path.resolve()))
+        merged = _merge(merged, parent_raw)
+        origins.update(parent_origins)
+    return _merge(merged, raw), {**origins, **_origins(raw, path)}
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     path = Path(path)
     if not path.is_file():
         raise RaftuneError(f"config file not found: {path}")
-    raw = _read_yaml(path)
+    raw, origins = _read_yaml(path)
     for override in overrides:
-        apply_override(raw, override, str(path))
-    return config_from_dict(raw, str(path))
+        apply_override(raw, override, str(path), origins)
+    return config_from_dict(raw, str(path), origins)
 
 
 def config_to_dict(config: RunConfig) -> dict:
-    return dataclasses.asdict(config)
+    """The resolved config as written into manifests and adapter folders: URLs without their credentials."""
+    return strip_credentials(dataclasses.asdict(config))

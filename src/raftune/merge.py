@@ -22,7 +22,7 @@ import yaml
 
 from raftune import RaftuneError
 from raftune.config import RunConfig
-from raftune.manifest import Stage, write_json
+from raftune.manifest import Stage, make_dir, write_json
 from raftune.models import load_model, load_tokenizer, resolve_base, save_tokenizer
 
 METHODS = ("pristine", "dequantized")
@@ -99,7 +99,7 @@ def merge(adapter_dir, out_dir, method: str = "dequantized", unsafe_4bit: bool =
         modules = dict(merged.named_modules())
         for key, weight in merged_4bit.items():
             modules[key].weight.data = weight.to(dtype)
-    tmp = out_dir.with_name(out_dir.name + ".partial")
+    tmp = make_dir(out_dir.parent) / (out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(str(tmp))
     save_tokenizer(load_tokenizer(str(adapter_dir)), str(adapter_dir), tmp)  # the training tokenizer and template
@@ -132,5 +132,5 @@ def run(config: RunConfig):
     report = merge(adapter_dir, out, config.merge.method, base=base)
     stage.outputs = {"model": str(out), "method": config.merge.method, "mean": report["mean"]}
     stage.finish()
-    print(f"merge: adapter folded into the {config.merge.method} base -> {out} ({describe(report)})")
-    return out
+    print(f"merge: adapter folded into the {config.merge.method} base -> {stage.outputs['model']} ({describe(report)})")
+    return stage.dir / "model"

@@ -19,13 +19,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from raftune import RaftuneError  # noqa: E402
-from raftune.manifest import Stage  # noqa: E402
+from raftune.manifest import Stage, make_dir  # noqa: E402
 
 
 def save(fig, path: Path) -> Path:
     """`path` (.png) and the same name in .svg; returns the PNG."""
     path = Path(path).with_suffix(".png")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(path.parent)
     fig.savefig(path, dpi=120)
     fig.savefig(path.with_suffix(".svg"))
     plt.close(fig)
@@ -190,7 +190,7 @@ def length_histogram(lengths: dict[str, list[int]], path: Path, max_length: int 
         ax.set_xlabel(f"{name} tokens")
         ax.set_ylabel("rows")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(path.parent)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -207,9 +207,9 @@ def run(config, results: str | Path | None = None, out: str | Path | None = None
     """The plots stage (runs/<run>/plots), or `raftune plot --results DIR --out DIR` for any results folder."""
     if results is None:
         stage = Stage(config, "plots", {"results": str(config.stage_dir("evaluate") / "results.parquet")})
-        paths = plot_results(config.stage_dir("evaluate"), stage.dir, history_of(config), config.run)
-        stage.outputs = paths
+        stage.outputs = plot_results(config.stage_dir("evaluate"), stage.dir, history_of(config), config.run)
         stage.finish()
+        paths = stage.outputs
     else:
         results = Path(results)
         out = Path(out) if out else results / "plots"

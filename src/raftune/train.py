@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -22,7 +23,7 @@ from transformers import TrainerCallback
 
 from raftune import RaftuneError, fast
 from raftune.config import RunConfig, config_to_dict
-from raftune.manifest import Stage, write_json, write_text
+from raftune.manifest import Stage, main_process, require_finished, write_json, write_text
 from raftune.models import (base_provenance, fsdp_checkpointing, load_model, load_tokenizer, resolve_base,
                             save_tokenizer, sharded_qlora)
 from raftune.sft_data import MaskedCollator, check_columns, tokenize_rows
@@ -41,13 +42,15 @@ SFT_DEFAULTS = {"bf16": False, "completion_only_loss": True, "max_length": 2048,
 APPROACHES = ("docs", "qac", "raft")
 
 
+LOGS = ("loss.jsonl", "samples.jsonl")  # one JSON record per line, each with the step it was written at
+
+
 class JsonlLossLog(TrainerCallback):
     """Appends every log record (loss, eval_loss, learning rate) to a JSONL file as training goes."""
 
-    def __init__(self, path: Path, resume: bool = False):
+    def __init__(self, path: Path):
         self.path = path
-        if not resume or not path.exists():
-            self.path.write_text("")
+        path.touch()  # never truncated: a resumed run's lines were trimmed to its checkpoint by resume_point
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero:
@@ -199,14 +202,16 @@ def load_examples(config: RunConfig) -> dict[str, list[dict]]:
     approach = config.train.approach
     if approach not in APPROACHES:
         raise RaftuneError(f"train.approach must be one of {', '.join(APPROACHES)}, got '{approach}'")
-    data_dir = config.stage_dir("data")
+    data_dir = require_finished(config, "data", "raftune data build")
     splits = {}
     for split in ("train", "eval"):
         if approach == "raft":
             path = data_dir / "raft"
-            if not path.is_dir():
-                raise RaftuneError(f"no RAFT dataset at {path}; run `raftune data build` first")
-            rows = datasets.load_from_disk(str(path))[split]
+            try:
+                rows = datasets.load_from_disk(str(path))[split]
+            except Exception as err:  # noqa: BLE001 - datasets raises several unrelated types for a broken folder
+                raise RaftuneError(f"{path}: no readable RAFT dataset ({type(err).__name__}: {err}); rerun "
+                                   f"`raftune data build`") from None
         else:
             path = data_dir / f"{approach}_{split}.jsonl"
             if not path.is_file():
@@ -228,13 +233,103 @@ def sample_prompts(config: RunConfig, tokenizer, rows) -> list[str]:
             for r in rows]
 
 
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a checkpoint folder cannot be resumed from (None: it can): the trainer state and the weights must be there
+    and readable. A kill while the trainer writes one leaves an empty or truncated folder."""
+    from safetensors import safe_open
+
+    try:
+        step = json.loads((path / "trainer_state.json").read_text())["global_step"]
+    except (OSError, ValueError, KeyError) as err:
+        return f"trainer_state.json unreadable ({type(err).__name__})"
+    if not isinstance(step, int):
+        return "trainer_state.json has no global_step"
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        return "no weights (*.safetensors)"
+    for file in weights:
+        try:
+            with safe_open(str(file), "pt") as handle:
+                handle.keys()
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for a truncated file
+            return f"{file.name} unreadable ({type(err).__name__})"
+    import zipfile
+
+    for file in path.glob("*.pt*"):  # optimizer, scheduler, RNG states: torch.save zips, their index written last
+        if not zipfile.is_zipfile(file):
+            return f"{file.name} truncated"
+    return None
+
+
+def _step(path: Path) -> int:
+    tail = path.name.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else -1
+
+
+def resume_point(stage: Stage) -> Path | None:
+    """The newest complete checkpoint: of the unfinished run in the work folder if it has any, else of the finished
+    run. Broken checkpoints are said, skipped and (in the work folder) removed; the trainer writes them again. The
+    work folder's logs are trimmed back to the checkpoint's step (taken from the finished run when resuming that)."""
+    found = None
+    for folder in (stage.dir / "checkpoints", stage.final / "checkpoints"):
+        candidates = sorted(folder.glob("checkpoint-*"), key=_step, reverse=True)
+        for path in candidates:
+            problem = checkpoint_problem(path)
+            if problem is None:
+                found = path
+                break
+            print(f"train: skipping {path}: {problem}")
+            if main_process() and folder == stage.dir / "checkpoints":
+                shutil.rmtree(path)
+        if candidates:
+            break
+    if not main_process():
+        return found
+    if found is None:
+        print(f"train: --resume given but no complete checkpoint in {stage.dir / 'checkpoints'} or "
+              f"{stage.final / 'checkpoints'}; starting from step 0")
+        for name in LOGS:
+            (stage.dir / name).unlink(missing_ok=True)
+        return None
+    step = json.loads((found / "trainer_state.json").read_text())["global_step"]
+    logs_from = found.parent.parent
+    for name in LOGS:
+        if (logs_from / name).is_file():
+            write_text(stage.dir / name, "".join(line + "\n" for line in _lines_up_to(logs_from / name, step)))
+        else:
+            (stage.dir / name).unlink(missing_ok=True)
+    print(f"train: resuming from {found} (step {step})")
+    return found
+
+
+def _lines_up_to(path: Path, step: int) -> list[str]:
+    """The log lines written up to `step`; a line cut off by a kill is dropped."""
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    return kept
+
+
 def run(config: RunConfig, resume: bool = False, make_collator=None):
     """Train the recipe's adapter. `make_collator(tokenizer)` replaces the data collator: only for reproducing a
     training mistake on purpose (raftune.export.failure_modes.PadIsEosCollator)."""
     examples = load_examples(config)  # fails on a missing file or column before any model is loaded
+    work = config.stage_dir("train").with_name("train.partial")
+    if not resume and main_process() and any(checkpoint_problem(p) is None
+                                             for p in (work / "checkpoints").glob("checkpoint-*")):
+        # starting over would delete them: hours of GPU time, perhaps
+        raise RaftuneError(f"{work} holds checkpoints of a run that did not finish; continue it with "
+                           f"`raftune train --resume`, or delete that folder to start over")
     base = resolve_base(config)
+    # the run writes into runs/<run>/train.partial (checkpoints and logs included) and replaces runs/<run>/train only
+    # when it has finished: a failing or killed rerun leaves the finished run's adapter and logs as they were
     stage = Stage(config, "train", {"approach": config.train.approach, "data": str(config.stage_dir("data")),
-                                    **base_provenance(base)})
+                                    **base_provenance(base)}, keep=resume)
+    checkpoint = resume_point(stage) if resume else None
     tokenizer = load_tokenizer(base)
     sft = {**SFT_DEFAULTS, **config.sft}
     train_set, train_report = tokenize_rows(examples["train"], tokenizer, sft["max_length"], config.train.approach)
@@ -246,22 +341,17 @@ def run(config: RunConfig, resume: bool = False, make_collator=None):
     if not len(train_set):
         raise RaftuneError(f"no training rows left after dropping rows over max_length={sft['max_length']}")
 
-    callbacks = [JsonlLossLog(stage.dir / "loss.jsonl", resume)]
+    callbacks = [JsonlLossLog(stage.dir / "loss.jsonl")]
     if config.train.sample_prompts and len(examples["eval"]):
-        if not resume:
-            (stage.dir / "samples.jsonl").write_text("")
         callbacks.append(SampleGenerations(stage.dir / "samples.jsonl", tokenizer,
                                            sample_prompts(config, tokenizer, examples["eval"]),
                                            config.train.sample_max_new_tokens))
     trainer = make_trainer(config, base, tokenizer, train_set, eval_set, stage.dir, callbacks)
     if make_collator is not None:
         trainer.data_collator = make_collator(tokenizer)
-    checkpoints = sorted((stage.dir / "checkpoints").glob("checkpoint-*"))
-    if resume and not checkpoints:
-        print(f"train: --resume given but no checkpoint in {stage.dir / 'checkpoints'}; starting from step 0")
-    result = trainer.train(resume_from_checkpoint=bool(resume and checkpoints))
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if not trainer.is_world_process_zero():  # under accelerate launch, one process writes the results
-        return stage.dir / "adapter"
+        return stage.final / "adapter"
 
     adapter_dir = stage.dir / "adapter"
     trainer.model.save_pretrained(str(adapter_dir))
@@ -286,5 +376,5 @@ def run(config: RunConfig, resume: bool = False, make_collator=None):
     write_json(stage.dir / "token_report.json", {"train": train_report, "eval": eval_report})
     stage.finish()
     print(f"train: {result.global_step} steps on {trainer.args.world_size} process(es), loss "
-          f"{result.training_loss:.3f} -> {adapter_dir}")
-    return adapter_dir
+          f"{result.training_loss:.3f} -> {stage.outputs['adapter']}")
+    return stage.dir / "adapter"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from raftune import RaftuneError
 from raftune.data.formats import ANSWER_MARKER, Row, load_rows, squash
-from raftune.manifest import write_json, write_jsonl
+from raftune.manifest import make_dir, write_json, write_jsonl, write_text
 
 QUOTE = re.compile(r"##begin_quote##(.*?)##end_quote##", re.S)
 # Text a question generator writes instead of a question (the seed's "Your request seems unclear...").
@@ -134,10 +134,10 @@ def clean(path: str | Path, out: str | Path, repair: bool = False, skip_bad: boo
                                                              ("verbatim", "normalised", "missing")}},
         "skipped": skipped, "examples": {name: rows[:3] for name, rows in examples.items()},
     }
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     write_jsonl(out / "clean.jsonl", kept)
     write_json(out / "report.json", report)
-    (out / "report.md").write_text(format_report(report), encoding="utf-8")
+    write_text(out / "report.md", format_report(report))
     return report
 
 

@@ -114,6 +114,8 @@ def parse_context_repr(text: str) -> dict:
         value = ast.literal_eval(_strip_array_calls(tree.body))
     except (SyntaxError, ValueError, TypeError) as err:
         raise ValueError(f"not a Python literal with array(...) calls ({type(err).__name__}: {err})") from None
+    except (RecursionError, MemoryError):  # Python's parser gives up on expressions nested thousands deep
+        raise ValueError("nested too deeply to be a context (not a Python literal with array(...) calls)") from None
     if not isinstance(value, dict) or "sentences" not in value:
         raise ValueError("expected a dict with 'sentences'")
     return value

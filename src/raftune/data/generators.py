@@ -6,7 +6,8 @@
 - `openai`: any OpenAI-compatible chat API (OpenAI, vLLM, llama.cpp's server, ...). The key is read from the
   environment variable that `data.generator_api_key_env` names and is never written anywhere. The client retries
   with exponential backoff (`data.generator_max_retries`); every answer is appended to a cache file as soon as it
-  arrives, so a crash or Ctrl-C loses nothing and a rerun asks the API only for what is missing.
+  arrives (keyed on endpoint, model and prompt), so a crash or Ctrl-C loses nothing and a rerun asks the API only for
+  what is missing. An endpoint that stays unreachable ends the build with one line naming it and the cache.
 - `transformers`: a local model folder or hub id with a chat template; same prompts, same cache.
 """
 
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from raftune import RaftuneError
 from raftune.data.raft import extractive_answer
+from raftune.manifest import strip_credentials
 
 QUESTION_PROMPT = (
     "Lies den folgenden Abschnitt einer Prüfungs- oder Studienordnung und schreibe {n} Frage(n), die ein "
@@ -49,7 +51,8 @@ class ResponseCache:
 
     @staticmethod
     def key(model: str, prompt: str) -> str:
-        return hashlib.sha256(json.dumps([model, prompt]).encode()).hexdigest()
+        """`model` names what answers (with its endpoint, for a served model); a URL's credentials are left out."""
+        return hashlib.sha256(json.dumps([strip_credentials(model), prompt]).encode()).hexdigest()
 
     def get(self, key: str):
         return self.entries.get(key)
@@ -78,7 +81,8 @@ class ExtractiveGenerator:
 
 
 class ChatGenerator:
-    """Questions and reasoning answers from a chat model behind `complete(prompt) -> str`, cached."""
+    """Questions and reasoning answers from a chat model behind `complete(prompt) -> str`, cached. `model` is what the
+    cache keys on: the model name, and the endpoint for a served one."""
 
     def __init__(self, name: str, model: str, complete, cache: ResponseCache):
         self.name, self.model, self.complete, self.cache = name, model, complete, cache
@@ -90,7 +94,11 @@ class ChatGenerator:
         if cached is not None:
             return cached
         self.calls += 1
-        response = self.complete(prompt)
+        try:
+            response = self.complete(prompt)
+        except RaftuneError as err:
+            raise RaftuneError(f"{err}; the {len(self.cache.entries)} answers so far are kept in {self.cache.path}, "
+                               f"a rerun asks only for the rest") from None
         self.cache.put(key, response)
         return response
 
@@ -103,17 +111,40 @@ class ChatGenerator:
         return self._ask(ANSWER_PROMPT.format(oracle=oracle, question=question)).strip()
 
 
-def openai_complete(base_url: str, model: str, api_key_env: str, max_retries: int, max_tokens: int):
-    from openai import OpenAI
+def api_error(err: Exception, who: str, url: str, retries: int) -> RaftuneError:
+    """One line for a failed OpenAI-compatible request: who asked, which endpoint (without credentials), what
+    happened. Used by the data generator and the evaluated `openai` models."""
+    import openai
 
+    if isinstance(err, openai.APIStatusError):
+        what = f"answered HTTP {err.status_code}"
+    elif isinstance(err, (openai.APIConnectionError, openai.APITimeoutError)):
+        what = "unreachable"
+    else:
+        what = "failed"
+    detail = strip_credentials(str(err).splitlines()[0][:200]) if str(err) else ""
+    return RaftuneError(f"{who}: endpoint {strip_credentials(url)} {what} after {retries} retries "
+                        f"({type(err).__name__}: {detail})")
+
+
+OPENAI_URL = "https://api.openai.com/v1"
+
+
+def openai_complete(base_url: str | None, model: str, api_key_env: str, max_retries: int, max_tokens: int):
+    import openai
+
+    base_url = base_url or OPENAI_URL
     key = os.environ.get(api_key_env)
-    if key is None and "api.openai.com" in (base_url or "api.openai.com"):
+    if key is None and "api.openai.com" in base_url:
         raise RaftuneError(f"data.generator=openai needs an API key in the environment variable {api_key_env}")
-    client = OpenAI(base_url=base_url or None, api_key=key or "not-needed", max_retries=max_retries, timeout=120)
+    client = openai.OpenAI(base_url=base_url, api_key=key or "not-needed", max_retries=max_retries, timeout=120)
 
     def complete(prompt: str) -> str:
-        reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
-                                               temperature=0.0, max_tokens=max_tokens)
+        try:
+            reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
+                                                   temperature=0.0, max_tokens=max_tokens)
+        except openai.OpenAIError as err:
+            raise api_error(err, "data.generator_base_url", base_url, max_retries) from None
         return reply.choices[0].message.content or ""
 
     return complete
@@ -145,8 +176,10 @@ def make_generator(cfg, cache_path: Path):
     if cfg.generator == "openai":
         complete = openai_complete(cfg.generator_base_url, cfg.generator_model, cfg.generator_api_key_env,
                                    cfg.generator_max_retries, cfg.generator_max_tokens)
+        # the same model name on another server is another model
+        model = json.dumps([cfg.generator_base_url or OPENAI_URL, cfg.generator_model])
     elif cfg.generator == "transformers":
-        complete = transformers_complete(cfg.generator_model, cfg.generator_max_tokens)
+        complete, model = transformers_complete(cfg.generator_model, cfg.generator_max_tokens), cfg.generator_model
     else:
         raise RaftuneError(f"data.generator must be extractive, openai or transformers, got '{cfg.generator}'")
-    return ChatGenerator(cfg.generator, cfg.generator_model, complete, ResponseCache(cache_path))
+    return ChatGenerator(cfg.generator, model, complete, ResponseCache(cache_path))

@@ -79,10 +79,10 @@ def run(config: RunConfig):
         return run_given(config)
     cfg = config.data
     stage = Stage(config, "data", {"corpus": cfg.corpus, "qac": cfg.qac, "generator": cfg.generator,
-                                   "generator_model": cfg.generator_model})
+                                   "generator_model": cfg.generator_model, "generator_base_url": cfg.generator_base_url})
     chunks = corpus_chunks(cfg)
-    # the cache lives beside the run's data, so a rerun of the same run resumes where an interrupted one stopped
-    generator = make_generator(cfg, stage.dir / "generator_cache.jsonl")
+    # the answer cache outlives the stage folder, so a rerun of the same run resumes where an interrupted one stopped
+    generator = make_generator(cfg, config.cache_dir() / "generator.jsonl")
     qac = load_qac(cfg.qac) if cfg.qac else generate_triplets(chunks, generator, cfg.questions_per_chunk)
     rows = build_rows(chunks, qac, cfg.num_distractors, cfg.oracle_probability, cfg.rows_per_question, cfg.seed,
                       source=cfg.qac or cfg.generator, cot=generator.cot_answer, progress=True)

@@ -25,6 +25,8 @@ from pathlib import Path
 
 from raftune import RaftuneError
 from raftune.chat import encode, render_prompt, user_message
+from raftune.data.generators import api_error
+from raftune.manifest import strip_credentials
 
 
 @dataclass
@@ -205,8 +207,8 @@ class OpenAIProvider:
         key_env = spec.get("api_key_env", "OPENAI_API_KEY")
         key = os.environ.get(key_env)
         if key is None and "api.openai.com" in self.base_url:
-            raise RaftuneError(f"model '{self.name}': {self.base_url} needs an API key in the environment variable "
-                               f"{key_env}")
+            raise RaftuneError(f"model '{self.name}': {strip_credentials(self.base_url)} needs an API key in the "
+                               f"environment variable {key_env}")
         self.max_retries = int(spec.get("max_retries", 3))
         # the client retries connection errors, timeouts, 429 and 5xx with exponential backoff
         self.client = OpenAI(base_url=self.base_url, api_key=key or "not-needed", max_retries=self.max_retries,
@@ -215,8 +217,8 @@ class OpenAIProvider:
         # server-specific sampling fields, e.g. {repeat_penalty: 1.0} for llama-cpp-python's server, whose default
         # 1.1 would otherwise make its greedy answers differ from the same GGUF run in-process
         self.extra_body = dict(spec.get("extra_body") or {})
-        self.identity = {"kind": "openai", "base_url": self.base_url, "model": self.model, "api": self.api,
-                         "extra_body": self.extra_body}
+        self.identity = {"kind": "openai", "base_url": strip_credentials(self.base_url), "model": self.model,
+                         "api": self.api, "extra_body": self.extra_body}
 
     def render(self, question: str, documents: list[str]) -> str:
         if self.api == "completions":
@@ -237,18 +239,6 @@ class OpenAIProvider:
         tokens = reply.usage.completion_tokens if reply.usage else 0
         return Answer(text.strip(), tokens, time.time() - started)
 
-    def _error(self, err: Exception) -> RaftuneError:
-        import openai
-
-        if isinstance(err, openai.APIStatusError):
-            what = f"answered HTTP {err.status_code}"
-        elif isinstance(err, (openai.APIConnectionError, openai.APITimeoutError)):
-            what = "unreachable"
-        else:
-            what = "failed"
-        return RaftuneError(f"model '{self.name}': endpoint {self.base_url} {what} after {self.max_retries} retries "
-                            f"({type(err).__name__}: {str(err).splitlines()[0][:200]})")
-
     def generate(self, prompts: list[str]):
         """Requests in parallel; on a failure the requests not yet started are cancelled, the answers that still
         arrive are yielded (and so cached), then the error is raised."""
@@ -267,7 +257,7 @@ class OpenAIProvider:
                 if not future.cancelled():
                     yield futures[future], answer
         if error is not None:
-            raise self._error(error)
+            raise api_error(error, f"model '{self.name}'", self.base_url, self.max_retries)
 
     def close(self):
         self.client.close()

@@ -7,7 +7,8 @@ Outputs (runs/<run>/evaluate/, or --out DIR):
   summary.csv         per model: mean of every metric (`final_...`: on the final answer), weighted_q
   ci.csv              per model, part and metric: mean, quality-weighted mean, bootstrap 95 % interval
   retrieval.json      retrieval quality at k = 1, 3, 5, 10
-  answer_cache.jsonl  answers keyed by (model, prompt, parameters): a rerun or a resumed run regenerates nothing
+Answers are cached by (model, prompt, parameters) in runs/<run>/cache/answers.jsonl (with --answers: in
+OUT/answer_cache.jsonl), outside the stage folder: a rerun, or a run resumed after a kill, regenerates nothing.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from raftune.evaluate.results import config_hash, new_run_id, tidy, write_result
 from raftune.evaluate.retrieval import build_retriever, load_embedder, retrieval_report
 from raftune.evaluate.scoring import bootstrap_ci, score_rows, summarise
 from raftune.evaluate.testset import load_testset
-from raftune.manifest import Stage, library_versions, write_json, write_jsonl, write_text
+from raftune.manifest import Stage, library_versions, strip_credentials, write_json, write_jsonl, write_text
 
 # the columns `raftune demo` prints; every metric is in summary.csv
 SHOWN = ["keyword_score", "cosine", "rouge_l", "weighted", "weighted_q", "final_weighted", "quote_grounding",
@@ -136,7 +137,7 @@ def _row(model, kind, item, ctx, prompt, answer: Answer, cached: bool) -> dict:
             "context": [c["text"] for c in ctx], "cited": item.cited_texts, "weight": item.weight}
 
 
-def evaluate(config: RunConfig, specs: list[dict], out: Path, history: Path) -> tuple[pd.DataFrame, dict]:
+def evaluate(config: RunConfig, specs: list[dict], out: Path, history: Path, cache: Path) -> tuple[pd.DataFrame, dict]:
     """Answer, score and write everything into `out`; returns (the shown summary, the manifest outputs)."""
     cfg = config.evaluate
     items = load_testset(cfg.testset)
@@ -144,7 +145,7 @@ def evaluate(config: RunConfig, specs: list[dict], out: Path, history: Path) -> 
         if spec["kind"] == "recorded":
             recorded_models(spec, items)
     context, report = contexts(config, items)
-    rows = answer_all(config, specs, items, context, ResponseCache(out / "answer_cache.jsonl"))
+    rows = answer_all(config, specs, items, context, ResponseCache(cache))
 
     scores = score_rows(rows, load_embedder(cfg.embedding_model))
     digest = config_hash(config_to_dict(config))
@@ -189,7 +190,8 @@ def run(config: RunConfig):
     specs = model_specs(config)
     stage = Stage(config, "evaluate", {"testset": cfg.testset, "corpus": config.data.corpus, "context": cfg.context,
                                        "models": specs, "top_k": cfg.top_k})
-    summary, stage.outputs = evaluate(config, specs, stage.dir, history_dir(config, Path(config.runs_dir) / "history"))
+    summary, stage.outputs = evaluate(config, specs, stage.dir, history_dir(config, Path(config.runs_dir) / "history"),
+                                      config.cache_dir() / "answers.jsonl")
     stage.finish()
     return summary
 
@@ -200,10 +202,10 @@ def score_file(config: RunConfig, testset: str, answers: str, out: str):
     config = dataclasses.replace(config, evaluate=dataclasses.replace(config.evaluate, testset=testset))
     started = time.time()
     specs = [{"kind": "recorded", "path": answers}]
-    summary, outputs = evaluate(config, specs, out, history_dir(config, out / "history"))
-    write_json(out / "manifest.json", {"stage": "evaluate", "run": config.run,
+    summary, outputs = evaluate(config, specs, out, history_dir(config, out / "history"), out / "answer_cache.jsonl")
+    write_json(out / "manifest.json", strip_credentials({"stage": "evaluate", "run": config.run,
                                        "inputs": {"testset": testset, "answers": answers, "corpus": config.data.corpus},
                                        "outputs": outputs, "config": config_to_dict(config),
                                        "versions": library_versions(), "seconds": round(time.time() - started, 2),
-                                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
     return summary

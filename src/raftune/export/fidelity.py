@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from raftune import RaftuneError
 from raftune.chat import encode, render_prompt, user_message
+from raftune.manifest import make_dir
 
 MODES = ("template", "raw", "double-bos", "text-control")
 # The gate of `raftune export`: NMSE and top-1 for the lossless types; tokenisation and the EOS check for every
@@ -294,7 +295,7 @@ def plot(reports: list[dict], out_path) -> None:
     for ax in axes:
         ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    make_dir(Path(out_path).parent)
     fig.savefig(out_path, dpi=120)
     plt.close(fig)
 

@@ -17,7 +17,7 @@ from raftune.config import RunConfig
 from raftune.export import fidelity
 from raftune.export.converter import convert, convert_lora, quantize, source_info
 from raftune.export.gguf_check import check_gguf
-from raftune.manifest import Stage, sha256_file, write_json, write_text
+from raftune.manifest import Stage, make_dir, sha256_file, write_json, write_text
 
 CONVERTER_TYPES = {"f32", "f16", "bf16", "q8_0"}
 
@@ -33,7 +33,7 @@ def export(model_dir, out_path, gguf_type: str) -> dict:
         raise RaftuneError(f"{model_dir}: not a model folder (no config.json)")
     if not any((model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
         raise RaftuneError(f"{model_dir}: no tokenizer (tokenizer.json or tokenizer.model); the GGUF needs one")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(out_path.parent)
     tmp = _partial(out_path)
     f16_tmp = out_path.with_name(out_path.stem + ".f16-source.partial")
     try:
@@ -157,7 +157,7 @@ def run(config: RunConfig):
     stage.finish()
     if failures:
         raise RaftuneError(f"fidelity gate failed ({' | '.join(failures)}); see {stage.dir / 'fidelity.md'}")
-    return files
+    return stage.outputs["files"]
 
 
 def run_one(model_dir, out_path, gguf_type: str, prompts_fn, limits: dict, greedy_tokens: int = 64) -> dict:
