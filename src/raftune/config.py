@@ -60,6 +60,7 @@ class FastConfig:
     checkpoint_layers: int | None = None  # None: sft.activation_checkpointing; N: recompute the first N layers only
     bf16_frozen: bool = False  # keep frozen norms, embeddings and lm_head bf16 (peft's kbit preparation casts to fp32)
     fused_lora: bool = False  # LoRA's product added in the GEMM epilogue (addmm), not by peft's clone/scale/add
+    completion_logits: bool = False  # lm_head and loss only where a label is (CPU and GPU; small models gain most)
 
 
 @dataclass
@@ -113,7 +114,8 @@ class RunConfig:
     runs_dir: str = "runs"
     tiny: dict = field(default_factory=dict)  # raftune.tiny.TinySpec fields; only used with base: tiny
     data: DataConfig = field(default_factory=DataConfig)
-    quantization: dict = field(default_factory=dict)  # BitsAndBytesConfig kwargs; empty: train in 16/32 bit
+    # BitsAndBytesConfig kwargs (QLoRA); `none` (or empty): plain LoRA on the 16/32-bit base
+    quantization: dict = field(default_factory=dict)
     lora: dict = field(default_factory=dict)  # LoraConfig kwargs
     train: TrainConfig = field(default_factory=TrainConfig)
     sft: dict = field(default_factory=dict)  # SFTConfig kwargs (a TrainingArguments; the Trainer recipes use those)
@@ -200,6 +202,8 @@ def config_from_dict(raw: dict, source: str = "<config>") -> RunConfig:
                     raise RaftuneError(f"{source}: unknown key '{key}.{sub}' (expected one of: {', '.join(sorted(known))})")
             value = _SECTIONS[key](**value)
         elif key in library:
+            if key == "quantization" and value == "none":  # a recipe switch that also overrides an extended recipe's
+                value = {}
             value = value or {}
             for sub in value:
                 if sub not in library[key]:
