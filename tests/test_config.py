@@ -57,3 +57,10 @@ def test_overrides_take_yaml_values():
 def test_missing_config_file():
     with pytest.raises(RaftuneError, match="config file not found: nope.yaml"):
         load_config("nope.yaml")
+
+
+def test_quantization_none_overrides_an_extended_recipes_nf4(tmp_path):
+    (tmp_path / "lora.yaml").write_text(f"extends: {ROOT / 'configs/demo-tiny.yaml'}\nquantization: none\n")
+    assert load_config(ROOT / "configs/demo-tiny.yaml").quantization["load_in_4bit"] is True
+    assert load_config(tmp_path / "lora.yaml").quantization == {}
+    assert load_config(ROOT / "configs/demo-tiny.yaml", ["quantization=none"]).quantization == {}

@@ -63,6 +63,28 @@ def test_packed_loss_and_gradients_equal_padded_batch():
     assert torch.allclose(grads[0], grads[1], atol=1e-5)
 
 
+@pytest.mark.parametrize("packing", [False, True])
+def test_completion_logits_give_the_same_loss_and_gradients_from_the_labelled_positions_only(packing):
+    """fast.completion_logits: lm_head only where a label is; loss and gradients equal the full-logits forward's,
+    padded or packed, and the logits returned are one row per label."""
+    examples = _examples([9, 23, 14])
+    batch = fast.Collator(0, packing=packing)(examples)
+    results = []
+    for lever in (False, True):
+        model = _tiny_lm()
+        if packing:
+            model.set_attn_implementation(fast.register_packed_attention())
+        if lever:
+            model.forward = fast._completion_logits_forward.__get__(model)
+        out = model(**batch)
+        out.loss.backward()
+        results.append((out.loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()]), out.logits.shape))
+    labels = int((batch["labels"][:, 1:] != -100).sum())
+    assert tuple(results[1][2]) == (labels, 120) and results[0][2][0] * results[0][2][1] > labels
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+    assert torch.allclose(results[0][1], results[1][1], atol=1e-5)
+
+
 def test_collator_labels_mask_prompts_and_first_tokens_and_unrolls_groups():
     examples = _examples([6, 8])
     batch = fast.Collator(0, packing=True)(examples)

@@ -7,7 +7,7 @@ import sys
 
 from raftune import RaftuneError
 
-DEFAULT_CONFIG = "configs/demo-tiny.yaml"
+DEFAULT_CONFIG = "configs/demo.yaml"  # SmolLM2-135M-Instruct; configs/demo-tiny.yaml: the tiny model
 
 STAGES = {
     "train": "QLoRA finetuning: train.approach docs|qac (transformers Trainer) or raft (trl SFTTrainer) "
@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = sub.add_parser("demo", help="run every stage on the embedded demo corpus and print the results table",
                           description="Run data -> train -> merge -> export -> evaluate -> plots on one recipe "
-                                      "(by default the tiny Mistral on the embedded corpus) and print one row per model.")
+                                      "(by default SmolLM2-135M-Instruct on the embedded corpus, configs/demo.yaml; the tiny "
+                                      "model: --config configs/demo-tiny.yaml) and print one row per model.")
     _add_config_args(demo)
     data = sub.add_parser("data", help="build, inspect or clean training data",
                           description="Build RAFT rows from documents, inspect any data file, or clean RAFT rows.")

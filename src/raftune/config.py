@@ -70,6 +70,7 @@ class FastConfig:
     checkpoint_layers: int | None = None  # None: sft.activation_checkpointing; N: recompute the first N layers only
     bf16_frozen: bool = False  # keep frozen norms, embeddings and lm_head bf16 (peft's kbit preparation casts to fp32)
     fused_lora: bool = False  # LoRA's product added in the GEMM epilogue (addmm), not by peft's clone/scale/add
+    completion_logits: bool = False  # lm_head and loss only where a label is (CPU and GPU; small models gain most)
 
 
 @dataclass
@@ -127,7 +128,8 @@ class RunConfig:
     runs_dir: str = "runs"
     tiny: dict = field(default_factory=dict)  # raftune.tiny.TinySpec fields; only used with base: tiny
     data: DataConfig = field(default_factory=DataConfig)
-    quantization: dict = field(default_factory=dict)  # BitsAndBytesConfig kwargs; empty: train in 16/32 bit
+    # BitsAndBytesConfig kwargs (QLoRA); `none` (or empty): plain LoRA on the 16/32-bit base
+    quantization: dict = field(default_factory=dict)
     lora: dict = field(default_factory=dict)  # LoraConfig kwargs
     train: TrainConfig = field(default_factory=TrainConfig)
     sft: dict = field(default_factory=dict)  # SFTConfig kwargs (a TrainingArguments; the Trainer recipes use those)
@@ -396,6 +398,8 @@ def config_from_dict(raw: dict, source: str = "<config>", origins: dict | None =
             raise RaftuneError(f"{where}: unknown key '{key}' (expected one of: {', '.join(sorted(top))})")
         if key in _SECTIONS or key in library:
             value = {} if value is None and key in library else value
+            if key == "quantization" and value == "none":  # plain LoRA, also over an extended recipe's quantization
+                value = {}
             if not isinstance(value, dict):
                 raise RaftuneError(f"{where}: '{key}' must be a mapping, got {value!r}")
             known = {f.name for f in dataclasses.fields(_SECTIONS[key])} if key in _SECTIONS else library[key]

@@ -17,6 +17,9 @@ alone (bench/train_throughput.py measures them one at a time):
                      (CUDA: bf16 arithmetic is slow on most CPUs).
   fused_lora         each LoRA layer adds its low-rank product in the GEMM's epilogue (addmm) instead of peft's
                      separate clone, scale and add passes over the layer's full-width output; same arithmetic.
+  completion_logits  lm_head and the loss only at the positions that have a label: with completion-only loss on
+                     RAFT rows most positions are prompt, and a small model's vocabulary projection (SmolLM2: 576 x
+                     49,152) is a fifth of its weights; same loss, computed from the same hidden states.
 
 GPU-only levers fall back on a machine without CUDA with one warning line each, never an error.
 """
@@ -349,6 +352,26 @@ def _fuse_lora(model) -> int:
     return len(layers)
 
 
+def _completion_logits_forward(self, input_ids=None, attention_mask=None, position_ids=None, labels=None,
+                               num_items_in_batch=None, **kwargs):
+    """The causal LM's forward with labels, projecting only the hidden states whose next token is a label. The loss
+    is transformers' (labels shifted by one, summed, divided by `num_items_in_batch` when the Trainer gives it, else
+    averaged); the returned logits are those of the labelled positions only, [labels, vocabulary]."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    if labels is None:  # generation, evaluation without labels: the model's own forward
+        return type(self).forward(self, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                  **kwargs)
+    hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                        **kwargs).last_hidden_state
+    targets = labels[:, 1:]
+    keep = targets != -100
+    logits = self.lm_head(hidden[:, :-1][keep])
+    loss = torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum")
+    loss = loss / (num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1))
+    return CausalLMOutputWithPast(loss=loss, logits=logits)
+
+
 def apply(model, config) -> dict:
     """Switch on the recipe's levers on a peft model; returns which ones are really on (GPU-only ones fall back)."""
     fast = config.fast
@@ -365,6 +388,9 @@ def apply(model, config) -> dict:
         active["tokens_per_batch"] = fast.tokens_per_batch
     if fast.fused_lora:
         active["fused_lora"] = _fuse_lora(model)
+    if fast.completion_logits:
+        lm.forward = _completion_logits_forward.__get__(lm)
+        active["completion_logits"] = True
     for lever in GPU_LEVERS:
         if getattr(fast, lever) and not cuda:
             _warn(f"{lever}: needs CUDA, none here; continuing without it")

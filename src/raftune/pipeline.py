@@ -24,7 +24,8 @@ def run_all(config: RunConfig):
         timings[name] = round(time.time() - started, 1)
     write_json(config.stage_dir("demo") / "timings.json", timings)
     summary = results["evaluate"]
-    print("\n=== results (mean over test questions, retrieved context) ===")
-    print(summary.to_string())
+    print("\n=== results (means over the test questions with retrieved context; 95 % bootstrap intervals over the "
+          "tests) ===")
+    print(evaluate_stage.results_table(config.stage_dir("evaluate")))
     print(f"\nheatmap: {results['plots']}\nstage timings (s): {timings} (total {sum(timings.values()):.0f} s)")
     return summary, timings

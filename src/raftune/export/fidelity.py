@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from raftune import RaftuneError
-from raftune.chat import encode, render_prompt, user_message
+from raftune.chat import encode, render_example, render_prompt, user_message
 from raftune.manifest import make_dir
 
 MODES = ("template", "raw", "double-bos", "text-control")
@@ -93,16 +93,20 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
-def logit_stats(hf: np.ndarray, cpp: np.ndarray) -> dict:
-    """Per-position comparison of two [positions, vocab] logit arrays (HF is the reference)."""
+def logit_stats(hf: np.ndarray, cpp: np.ndarray, chunk: int = 128) -> dict:
+    """Per-position comparison of two [positions, vocab] logit arrays (HF is the reference), `chunk` positions at a
+    time: float64 copies of whole prompts' logits would take hundreds of MB with a 49k-262k vocabulary."""
     if not np.isfinite(cpp).all():
         n = len(hf)
         return {"sq_err": float("inf"), "sq_ref": float((hf.astype(np.float64) ** 2).sum()), "kl": [float("inf")] * n,
                 "top1": [False] * n}
-    log_p, log_q = _log_softmax(hf), _log_softmax(cpp)
-    kl = (np.exp(log_p) * (log_p - log_q)).sum(axis=-1)
-    return {"sq_err": float(((hf.astype(np.float64) - cpp) ** 2).sum()), "sq_ref": float((hf.astype(np.float64) ** 2).sum()),
-            "kl": kl.tolist(), "top1": (hf.argmax(-1) == cpp.argmax(-1)).tolist()}
+    sq_err, sq_ref, kl = 0.0, 0.0, []
+    for start in range(0, len(hf), chunk):
+        p, q = hf[start:start + chunk].astype(np.float64), cpp[start:start + chunk].astype(np.float64)
+        log_p, log_q = _log_softmax(p), _log_softmax(q)
+        kl += (np.exp(log_p) * (log_p - log_q)).sum(axis=-1).tolist()
+        sq_err, sq_ref = sq_err + float(((p - q) ** 2).sum()), sq_ref + float((p ** 2).sum())
+    return {"sq_err": sq_err, "sq_ref": sq_ref, "kl": kl, "top1": (hf.argmax(-1) == cpp.argmax(-1)).tolist()}
 
 
 def _greedy_hf(model, ids: list[int], n: int, eos: int) -> list[int]:
@@ -139,8 +143,6 @@ def _eos_probability(logits: np.ndarray, eos: int) -> float:
 
 def eos_after_references(model, tokenizer, references, llm=None) -> dict:
     """Mean P(EOS) right after each reference answer (teacher-forced) in HF, and in the GGUF when `llm` is given."""
-    from raftune.chat import render_example
-
     eos, hf_p, cpp_p = tokenizer.eos_token_id, [], []
     for question, documents, answer in references:
         ids = encode(tokenizer, "".join(render_example(tokenizer, question, documents, answer)))
@@ -173,6 +175,11 @@ def compare(hf_dir, gguf_path, prompts: list[tuple[str, list[str]]], mode: str =
 
     tokenizer = load_tokenizer(str(hf_dir))
     model = load_model(str(hf_dir)).eval()
+    # llama-cpp-python keeps n_ctx x vocabulary float32 scores with logits_all (805 MB at 4096 x 49,152): size the
+    # context to the longest prompt or reference (HF's count, a margin for the modes that tokenise differently)
+    longest = max([len(encode(tokenizer, render_prompt(tokenizer, q, d))) + greedy_tokens for q, d in prompts]
+                  + [len(encode(tokenizer, "".join(render_example(tokenizer, *r)))) for r in references or []])
+    n_ctx = min(n_ctx, 256 * -(-(longest + 128) // 256))
     llm = open_gguf(gguf_path, n_ctx=n_ctx, logits_all=True)
     eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
     controls = [tokenizer.convert_tokens_to_ids(t) for t in ("[INST]", "[/INST]") if t in tokenizer.get_vocab()]
