@@ -196,6 +196,20 @@ def length_histogram(lengths: dict[str, list[int]], path: Path, max_length: int 
     return path
 
 
+def merge_layers(report: dict, path: Path) -> Path:
+    """Per layer of a merge report: the LoRA delta and each merge method's distance from the pristine merge, all
+    relative to the weight's norm (log scale)."""
+    layers = pd.DataFrame(report["layers"]).set_index("layer")
+    fig, ax = plt.subplots(figsize=(10, 3.5))
+    layers.plot(ax=ax, marker=".", lw=1)
+    ax.set(yscale="log", ylabel="relative to the weight's norm", xlabel="",
+           title="per layer: LoRA delta and merge differences")
+    ax.set_xticks(range(len(layers)), [n.replace("model.layers.", "").replace("_proj", "") for n in layers.index],
+                  rotation=90, fontsize=7)
+    fig.tight_layout()
+    return save(fig, path)
+
+
 def history_of(config) -> pd.DataFrame:
     from raftune.evaluate.results import read_history
     from raftune.evaluate.stage import history_dir

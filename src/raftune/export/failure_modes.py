@@ -109,3 +109,65 @@ class PadIsEosCollator:
             keep = e["completion_mask"] if "completion_mask" in e else [label != -100 for label in e["labels"]]
             batch["labels"][row, :len(keep)][~torch.tensor(keep, dtype=torch.bool)] = -100
         return batch
+
+
+def run_all(config) -> dict:
+    """Every failure mode above made from the recipe's run and measured by the same fidelity report as a good
+    export: {case: {tokens equal, ..., caught}}, also written to <run>/failure-modes/failure_modes.json.
+
+    Needs the run's merged model and its f16 GGUF (`raftune merge`, `raftune export`); trains the recipe once more
+    with `PadIsEosCollator` (into the run `<run>-pad-eos`, reused when it exists)."""
+    import dataclasses
+    import json
+    import shutil
+
+    from raftune import merge, train
+    from raftune.evaluate.retrieval import build_retriever
+    from raftune.export import fidelity
+    from raftune.export.stage import export, references
+    from raftune.manifest import write_json
+    from raftune.models import load_tokenizer, resolve_base
+
+    model_dir, export_dir = config.stage_dir("merge") / "model", config.stage_dir("export")
+    f16, adapter = export_dir / "model-f16.gguf", config.stage_dir("train") / "adapter"
+    work = config.stage_dir("failure-modes")
+    work.mkdir(parents=True, exist_ok=True)
+    prompts = fidelity.fidelity_prompts(load_tokenizer(str(model_dir)), config.evaluate.testset,
+                                        build_retriever(config), config.evaluate.top_k, config.export.fidelity_prompts)
+    hf_config = json.loads((model_dir / "config.json").read_text())
+    # case -> (HF reference folder, GGUF, prompt mode)
+    cases = {"correct (template, f16)": (model_dir, f16, "template")}
+    for mode in ("raw", "double-bos", "text-control"):
+        cases[f"prompt: {mode}"] = (model_dir, f16, mode)
+    cases["GGUF: q/k in HF layout"] = (model_dir, broken_qk_layout(
+        f16, work / "qk.gguf", hf_config["num_attention_heads"], hf_config["num_key_value_heads"]), "template")
+    cases["GGUF: [INST] typed as text"] = (model_dir, control_tokens_as_text(f16, work / "ctl.gguf"), "template")
+    big = overflowing_copy(model_dir, work / "bf16-large")
+    export(big, work / "bf16-large-f16.gguf", "f16")
+    cases["weights: bf16 -> f16 overflow"] = (big, work / "bf16-large-f16.gguf", "template")
+    # the unsafe 4-bit merge is judged against the dequantized merge: the same function without the second rounding
+    merge.merge(adapter, work / "dequantized", "dequantized")
+    merge.merge(adapter, work / "unsafe-4bit", unsafe_4bit=True)
+    export(work / "unsafe-4bit", work / "unsafe-4bit-f16.gguf", "f16")
+    cases["merge: into the 4-bit model"] = (work / "dequantized", work / "unsafe-4bit-f16.gguf", "template")
+    pad_eos = dataclasses.replace(config, run=f"{config.run}-pad-eos")
+    if not (pad_eos.stage_dir("train") / "adapter" / "adapter_config.json").is_file():
+        shutil.copytree(config.stage_dir("data"), pad_eos.stage_dir("data"), dirs_exist_ok=True)
+        train.run(pad_eos, make_collator=PadIsEosCollator)
+    merge.run(pad_eos)
+    export(pad_eos.stage_dir("merge") / "model", work / "pad-eos-f16.gguf", "f16")
+    cases["training: pad token == EOS"] = (pad_eos.stage_dir("merge") / "model", work / "pad-eos-f16.gguf", "template")
+    held_out = references(config)  # held-out RAFT rows: P(EOS) right after each reference answer
+    base_eos = fidelity.base_eos_probability(resolve_base(config), held_out)  # what finetuning may not push down
+
+    results = {}
+    for name, (hf, gguf, mode) in cases.items():
+        report = fidelity.compare(hf, gguf, prompts, mode=mode, greedy_tokens=config.export.greedy_tokens,
+                                  references=held_out) | {"base_eos_probability": base_eos}
+        results[name] = {"tokens equal": report["tokenization_match"], "BOS as HF": report["bos_as_hf"],
+                         "[INST] parsed": report["control_tokens_parsed"], "top-1": report["top1_agreement"],
+                         "NMSE": report["nmse"], "KL mean": report["kl_mean"], "greedy": report["greedy_agreement"],
+                         "EOS agrees": report["eos_agreement"], "P(EOS) after answers": report["eos_probability"],
+                         "caught": "; ".join(fidelity.gate(report)) or "passes"}
+    write_json(work / "failure_modes.json", results)
+    return results
