@@ -5,7 +5,7 @@ from collections import Counter
 
 from raftune.data.corpus import load_corpus, load_qac
 from raftune.data.raft import build_rows
-from raftune.evaluate.testset import load_testset
+from raftune.data.testset import load_testset
 
 from conftest import ROOT
 

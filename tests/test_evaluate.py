@@ -14,9 +14,9 @@ from raftune.data.corpus import Chunk
 from raftune.evaluate import stage
 from raftune.evaluate.recorded import read_recorded
 from raftune.evaluate.results import read_history
-from raftune.evaluate.retrieval import retrieval_report
+from raftune.data.retrieval import retrieval_report
 from raftune.evaluate.scoring import bootstrap_ci
-from raftune.evaluate.testset import Item, load_testset
+from raftune.data.testset import Item, load_testset
 
 from conftest import MINI, mini_config
 

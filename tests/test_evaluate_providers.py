@@ -12,7 +12,7 @@ import pytest
 from raftune import RaftuneError
 from raftune.evaluate import stage
 from raftune.evaluate.providers import GGUFProvider, HFProvider
-from raftune.evaluate.testset import load_testset
+from raftune.data.testset import load_testset
 
 from conftest import MINI, free_port, llama_server, mini_config
 

@@ -6,7 +6,7 @@ import torch
 
 from raftune import RaftuneError
 from raftune.chat import encode, render_prompt
-from raftune.evaluate.testset import load_testset
+from raftune.data.testset import load_testset
 from raftune.export.gguf_check import check_gguf, read_gguf
 from raftune.llama_runtime import open_gguf
 from raftune.models import load_model, load_tokenizer

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from raftune import RaftuneError, cli
-from raftune.evaluate.retrieval import build_retriever
+from raftune.data.retrieval import build_retriever
 from raftune.export import failure_modes, fidelity
 from raftune.export.stage import export, export_lora
 from raftune.merge import merge

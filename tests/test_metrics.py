@@ -9,7 +9,7 @@ from rapidfuzz.distance import Levenshtein
 from rouge_score import rouge_scorer
 
 from raftune.evaluate import metrics
-from raftune.evaluate.retrieval import load_embedder
+from raftune.data.embedders import load_embedder
 
 ANSWER = "Die Anmeldung endet 21 Tage vor dem Termin der Prüfung."
 REFERENCE = "Die Anmeldung im Prüfungsportal SeeCampus endet 21 Tage vor dem Prüfungstermin."

@@ -1,6 +1,5 @@
 """Every numbered notebook runs top to bottom (nbclient) on the tiny default, into a temporary runs folder."""
 
-import os
 from pathlib import Path
 
 import nbformat

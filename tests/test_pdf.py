@@ -66,7 +66,7 @@ def test_pdf_is_cleaned_and_chunked_with_pages_and_sections(tmp_path):
 
 @pytest.mark.skipif(not (SHARED / "seed-data" / "pdfs").is_dir(), reason="../shared/seed-data/pdfs is absent")
 def test_seed_regulation_pdfs_chunk_within_the_embedder_budget():
-    from raftune.evaluate.retrieval import embedding_tokenizer
+    from raftune.data.embedders import embedding_tokenizer
 
     tokenizer = embedding_tokenizer()
     corpus = load_corpus(SHARED / "seed-data" / "pdfs", chunk_tokens=200, chunk_overlap=30)

@@ -9,7 +9,7 @@ import pytest
 from raftune import plots
 from raftune.cli import main
 from raftune.evaluate import stage
-from raftune.evaluate.testset import load_testset
+from raftune.data.testset import load_testset
 
 from conftest import MINI, mini_config
 

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from raftune import RaftuneError
 from raftune.config import load_config

@@ -2,15 +2,14 @@
 
 import json
 
-import numpy as np
 import pytest
 
 from raftune import RaftuneError
 from raftune.cli import main
 from raftune.config import RunConfig
 from raftune.data.corpus import Chunk, load_corpus
-from raftune.evaluate.retrieval import RRF_K, Retriever, build_retriever, retrieval_report
-from raftune.evaluate.testset import load_testset
+from raftune.data.retrieval import RRF_K, Retriever, build_retriever, retrieval_report
+from raftune.data.testset import load_testset
 
 from conftest import MINI, ROOT, SHARED, mini_config
 

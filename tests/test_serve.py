@@ -19,7 +19,7 @@ import uvicorn
 from openai import BadRequestError, OpenAI
 
 from raftune import cli
-from raftune.evaluate.testset import load_testset
+from raftune.data.testset import load_testset
 from raftune.serve.app import create_app
 from raftune.serve.assistant import MAX_QUESTION_CHARS, Assistant, choose_gguf
 
@@ -29,7 +29,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 
 def test_chunk_embeddings_are_computed_once_and_cached_beside_the_run(tmp_path):
-    from raftune.evaluate.retrieval import build_retriever
+    from raftune.data.retrieval import build_retriever
 
     config = mini_config(tmp_path / "runs")
     first = build_retriever(config)

@@ -8,10 +8,11 @@ import torch
 
 from raftune.chat import encode
 from raftune.config import load_config
-from raftune.evaluate.retrieval import build_retriever
+from raftune.data.retrieval import build_retriever
 from raftune.export import fidelity
 from raftune.export.stage import export
-from raftune.models import base_provenance, load_model, load_tokenizer, resolve_base
+from raftune.manifest import base_provenance
+from raftune.models import load_model, load_tokenizer, resolve_base
 
 from conftest import ROOT
 

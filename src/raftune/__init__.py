@@ -2,6 +2,22 @@
 
 __version__ = "0.1.0"
 
+# The layers, lowest first. A module imports only from its own layer or lower ones (tests/test_layers.py), so any
+# stage can be read, tested and rerun without the ones after it. Heavy third-party libraries are imported inside
+# functions; raftune's own modules at the top, unless a module must stay importable without a heavy dependency.
+#   data sits below models: the tiny test model is built from the corpus, and no data step needs a model.
+LAYERS = [
+    ("core", ["raftune", "raftune.config", "raftune.chat", "raftune.answer", "raftune.manifest", "raftune.figures"]),
+    ("data", ["raftune.data"]),  # documents, chunks, RAFT rows, test sets, retrieval
+    ("models", ["raftune.models", "raftune.tiny"]),
+    ("train", ["raftune.train", "raftune.sft_data", "raftune.fast"]),
+    ("merge", ["raftune.merge"]),
+    ("export", ["raftune.export", "raftune.llama_runtime"]),  # GGUF files, llama.cpp, the fidelity report
+    ("evaluate", ["raftune.evaluate"]),
+    ("serve", ["raftune.serve", "raftune.plots"]),
+    ("cli", ["raftune.cli", "raftune.pipeline", "raftune.__main__"]),
+]
+
 
 class RaftuneError(Exception):
     """An error the user can fix (bad config, missing file, malformed row). The CLI prints it as one line."""

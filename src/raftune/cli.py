@@ -170,7 +170,7 @@ def _fidelity_prompts(config, hf_dir, prompts_file):
 
     if prompts_file:
         return fidelity.load_prompts_file(prompts_file)
-    from raftune.evaluate.retrieval import build_retriever
+    from raftune.data.retrieval import build_retriever
     from raftune.models import load_tokenizer
 
     return fidelity.fidelity_prompts(load_tokenizer(str(hf_dir)), config.evaluate.testset, build_retriever(config),
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.testset:
                 config.evaluate.testset = args.testset
             if args.retrieval_report:
-                from raftune.evaluate.retrieval import run_comparison
+                from raftune.data.retrieval import run_comparison
 
                 print(run_comparison(config), end="")
                 return 0

@@ -22,6 +22,23 @@ from raftune.manifest import strip_credentials
 
 
 @dataclass
+class TinySpec:
+    # the tiny Mistral-shaped model raftune builds offline for tests and the tiny demo (raftune.tiny)
+    vocab_size: int = 2000
+    hidden_size: int = 256
+    intermediate_size: int = 768
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 8
+    num_key_value_heads: int = 4
+    max_position_embeddings: int = 4096
+    pretrain_steps: int = 300
+    pretrain_batch: int = 8
+    pretrain_seq_len: int = 256
+    pretrain_lr: float = 2e-3
+    seed: int = 0
+
+
+@dataclass
 class DataConfig:
     corpus: str = "datasets/demo/corpus"  # folder of documents (PDF, JSON corpus files, txt, md)
     qac: str | None = "datasets/demo/qac.json"  # question/answer/context triplets the RAFT rows are built from
@@ -126,7 +143,7 @@ class RunConfig:
     run: str = "demo"
     base: str = "tiny"  # "tiny" (built offline), a local folder, or a hub id such as mistralai/Mistral-7B-v0.3
     runs_dir: str = "runs"
-    tiny: dict = field(default_factory=dict)  # raftune.tiny.TinySpec fields; only used with base: tiny
+    tiny: dict = field(default_factory=dict)  # TinySpec fields; only used with base: tiny
     data: DataConfig = field(default_factory=DataConfig)
     # BitsAndBytesConfig kwargs (QLoRA); `none` (or empty): plain LoRA on the 16/32-bit base
     quantization: dict = field(default_factory=dict)
@@ -339,7 +356,6 @@ def _library_fields() -> dict[str, set[str]]:
     from trl import SFTConfig
     import inspect
 
-    from raftune.tiny import TinySpec
 
     return {
         "tiny": {f.name for f in dataclasses.fields(TinySpec)},

@@ -7,6 +7,7 @@ an error leaves the previous complete output (or none) and never a mix of two ru
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib.metadata
 import json
@@ -20,8 +21,23 @@ from pathlib import Path
 
 from raftune import RaftuneError
 
+# what a base model folder built by raftune says of itself: the packaged model it came from, or the tiny model's spec
+PROVENANCE_FILE = "raftune_base.json"
+TINY_FILE = "raftune_tiny.json"
+
 LIBRARIES = ["raftune", "torch", "transformers", "tokenizers", "peft", "trl", "accelerate", "bitsandbytes",
              "datasets", "gguf", "llama-cpp-python", "sentence-transformers", "sentencepiece"]
+
+
+def base_provenance(name: str) -> dict:
+    """{"base": name} and, for a folder raftune built, where it came from (recorded in the stages that use it)."""
+    path = Path(name)
+    info = {"base": name}
+    if (path / TINY_FILE).is_file():
+        info["tiny"] = json.loads((path / TINY_FILE).read_text())
+    if (path / PROVENANCE_FILE).is_file():
+        info["packaged"] = json.loads((path / PROVENANCE_FILE).read_text())
+    return info
 
 
 def library_versions() -> dict[str, str | None]:
@@ -160,8 +176,6 @@ class Stage:
         return value
 
     def finish(self) -> Path:
-        from raftune.config import config_to_dict
-
         self.outputs = self.relocate(self.outputs)
         files = {str(p.relative_to(self.dir)): p.stat().st_size for p in sorted(self.dir.rglob("*")) if p.is_file()}
         manifest = {
@@ -169,17 +183,13 @@ class Stage:
             "run": self.config.run,
             "inputs": self.relocate(self.inputs),
             "outputs": self.outputs,
-            "config": config_to_dict(self.config),
+            "config": dataclasses.asdict(self.config),
             "versions": library_versions(),
             "seconds": round(time.time() - self.started, 2),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **self.relocate(self.extra),
             "files": files,  # what this manifest covers: every file of the folder, in bytes
         }
-        from raftune.models import NAMED_BASES, base_provenance, named_base
-
-        if self.config.base in NAMED_BASES:  # a packaged model: which package, version and file it came from
-            manifest["base_provenance"] = base_provenance(named_base(self.config.base))
         write_json(self.dir / "manifest.json", strip_credentials(manifest))
         commit(self.dir, self.final)
         self.dir = self.final

@@ -22,7 +22,7 @@ import yaml
 
 from raftune import RaftuneError
 from raftune.config import RunConfig
-from raftune.manifest import Stage, make_dir, write_json
+from raftune.manifest import Stage, base_provenance, make_dir, write_json
 from raftune.models import load_model, load_tokenizer, resolve_base, save_tokenizer
 
 METHODS = ("pristine", "dequantized")
@@ -127,7 +127,7 @@ def run(config: RunConfig):
     if not (adapter_dir / "adapter_config.json").is_file():
         raise RaftuneError(f"no adapter at {adapter_dir}; run `raftune train` first")
     base = resolve_base(config)
-    stage = Stage(config, "merge", {"base": base, "adapter": str(adapter_dir), "method": config.merge.method})
+    stage = Stage(config, "merge", {**base_provenance(base), "adapter": str(adapter_dir), "method": config.merge.method})
     out = stage.dir / "model"
     report = merge(adapter_dir, out, config.merge.method, base=base)
     stage.outputs = {"model": str(out), "method": config.merge.method, "mean": report["mean"]}

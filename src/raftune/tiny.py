@@ -21,31 +21,17 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, asdict
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from raftune.chat import INSTRUCTION, MISTRAL_CHAT_TEMPLATE
+from raftune.config import TinySpec
+from raftune.manifest import TINY_FILE
 
 BUILDER_VERSION = 1  # bump when the recipe below changes, so old caches are not reused
-
-
-@dataclass
-class TinySpec:
-    vocab_size: int = 2000
-    hidden_size: int = 256
-    intermediate_size: int = 768
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 8
-    num_key_value_heads: int = 4
-    max_position_embeddings: int = 4096
-    pretrain_steps: int = 300
-    pretrain_batch: int = 8
-    pretrain_seq_len: int = 256
-    pretrain_lr: float = 2e-3
-    seed: int = 0
 
 
 def cache_root() -> Path:
@@ -125,7 +111,7 @@ def build(folder: Path, documents: list[str], extra_texts: list[str], spec: Tiny
     model.generation_config = GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id)
     model.save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
-    (folder / "raftune_tiny.json").write_text(json.dumps({
+    (folder / TINY_FILE).write_text(json.dumps({
         "spec": asdict(spec), "builder_version": BUILDER_VERSION, "pretrain_loss_first": losses[:1],
         "pretrain_loss_last": losses[-1:], "seconds": round(time.time() - started, 1)}, indent=2))
 
@@ -138,7 +124,7 @@ def tiny_model(documents: list[str], extra_texts: list[str] = (), spec: TinySpec
                                      INSTRUCTION]).encode()).hexdigest()[:16]
     root = cache or cache_root()
     folder = root / f"tiny-mistral-{key}"
-    if (folder / "raftune_tiny.json").is_file():
+    if (folder / TINY_FILE).is_file():
         return folder
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=root))

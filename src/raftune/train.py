@@ -23,9 +23,8 @@ from transformers import TrainerCallback
 
 from raftune import RaftuneError, fast
 from raftune.config import RunConfig, config_to_dict
-from raftune.manifest import Stage, main_process, require_finished, write_json, write_text
-from raftune.models import (base_provenance, fsdp_checkpointing, load_model, load_tokenizer, resolve_base,
-                            save_tokenizer, sharded_qlora)
+from raftune.manifest import Stage, base_provenance, main_process, require_finished, write_json, write_text
+from raftune.models import fsdp_checkpointing, load_model, load_tokenizer, resolve_base, save_tokenizer, sharded_qlora
 from raftune.sft_data import MaskedCollator, check_columns, tokenize_rows
 
 # bitsandbytes' CPU backend registers no autograd kernel for its 4-bit matmul op and torch warns on every backward;
@@ -385,7 +384,7 @@ def run(config: RunConfig, resume: bool = False, make_collator=None):
 
     write_text(adapter_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True))
 
-    from raftune.plots import length_histogram, loss_curve
+    from raftune.figures import length_histogram, loss_curve
 
     loss_curve(stage.dir / "loss.jsonl", stage.dir / "loss.png")
     length_histogram({"prompt": train_report["prompt_lengths"], "completion": train_report["completion_lengths"]},

@@ -6,7 +6,6 @@ rejection counts plus the kept rows add up to the rows read, and skipped unreada
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from pathlib import Path

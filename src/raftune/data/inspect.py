@@ -37,7 +37,7 @@ def inspect(path: str | Path, tokenizer=None, plot: str | Path | None = None) ->
         lengths = token_lengths(rows, tokenizer)
         report["tokens"] = {name: percentiles(values) for name, values in lengths.items()}
         if plot:
-            from raftune.plots import length_histogram
+            from raftune.figures import length_histogram
 
             report["plot"] = str(length_histogram(lengths, Path(plot)))
     return report

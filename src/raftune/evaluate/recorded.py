@@ -99,8 +99,8 @@ def extractive_baseline(items, contexts) -> list[dict]:
 
 def write_extractive_baseline(config, out: str | Path) -> int:
     """The baseline's answers for the recipe's test set, with the evaluation's own retrieval (top_k passages)."""
-    from raftune.evaluate.stage import contexts
-    from raftune.evaluate.testset import load_testset
+    from raftune.data.retrieval import contexts
+    from raftune.data.testset import load_testset
     from raftune.manifest import write_jsonl
 
     items = load_testset(config.evaluate.testset)

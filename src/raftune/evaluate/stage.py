@@ -29,9 +29,10 @@ from raftune.evaluate.metrics import final_answer
 from raftune.evaluate.providers import Answer, check_spec, make_provider
 from raftune.evaluate.recorded import recorded_answer, recorded_models
 from raftune.evaluate.results import config_hash, new_run_id, tidy, write_results
-from raftune.evaluate.retrieval import build_retriever, load_embedder, retrieval_report
+from raftune.data.embedders import load_embedder
+from raftune.data.retrieval import contexts
 from raftune.evaluate.scoring import bootstrap_ci, score_rows, summarise
-from raftune.evaluate.testset import load_testset
+from raftune.data.testset import load_testset
 from raftune.manifest import Stage, library_versions, strip_credentials, write_json, write_jsonl, write_text
 
 # the columns `raftune demo` prints; every metric is in summary.csv
@@ -67,29 +68,6 @@ def model_specs(config: RunConfig) -> list[dict]:
     if not specs:
         raise RaftuneError("evaluate: no models (evaluate.run_models is false and evaluate.models is empty)")
     return specs
-
-
-def contexts(config: RunConfig, items):
-    """(context chunks or texts per item, retrieval report). Retrieved: the top_k passages of the corpus; given:
-    each RAFT row's own documents. The cited passages (for citation correctness) come from the corpus."""
-    cfg = config.evaluate
-    if cfg.context == "given":
-        if any(i.documents is None for i in items):
-            raise RaftuneError(f"{cfg.testset}: evaluate.context=given needs a RAFT test set (rows with their "
-                               f"documents); this is a seed test set, use evaluate.context=retrieved")
-        return [[{"id": f"given/{n}", "text": t} for n, t in enumerate(i.documents)] for i in items], None
-    if cfg.context != "retrieved":
-        raise RaftuneError(f"evaluate.context must be retrieved or given, got '{cfg.context}'")
-    retriever = build_retriever(config)
-    chunks = retriever.chunks
-    for item in items:
-        if not item.cited_texts and item.cite_document is not None:
-            item.cited_texts = [c.text for c in chunks if c.document == item.cite_document
-                                and (not item.cite_pages or c.page in item.cite_pages)]
-    depth = max([cfg.top_k, *cfg.retrieval_ks])
-    ranked = retriever.search([i.question for i in items], depth)
-    report = {**retrieval_report(items, ranked, cfg.retrieval_ks), "top_k": cfg.top_k, "retriever": retriever.name}
-    return [[{"id": c.id, "text": c.text} for c in row[:cfg.top_k]] for row in ranked], report
 
 
 def answer_all(config: RunConfig, specs, items, context, cache: ResponseCache) -> list[dict]:

@@ -122,7 +122,7 @@ def run_all(config) -> dict:
     import shutil
 
     from raftune import merge, train
-    from raftune.evaluate.retrieval import build_retriever
+    from raftune.data.retrieval import build_retriever
     from raftune.export import fidelity
     from raftune.export.stage import export, references
     from raftune.manifest import write_json

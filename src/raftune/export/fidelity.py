@@ -62,7 +62,7 @@ def gguf_type(path) -> str:
 def fidelity_prompts(tokenizer, testset: str, retriever, top_k: int, limit: int | None = None):
     """(question, documents) of the first phrasing of each test, with the context `retriever` (the recipe's,
     `build_retriever`) finds for it: as evaluation sees them."""
-    from raftune.evaluate.testset import load_testset
+    from raftune.data.testset import load_testset
 
     items, seen = [], set()
     for item in load_testset(testset):

@@ -110,7 +110,7 @@ def references(config: RunConfig) -> list[tuple[str, list[str], str]] | None:
 
 
 def run(config: RunConfig):
-    from raftune.evaluate.retrieval import build_retriever
+    from raftune.data.retrieval import build_retriever
     from raftune.models import load_tokenizer, resolve_base
 
     model_dir = config.stage_dir("merge") / "model"

@@ -70,7 +70,7 @@ class Prepared:
 
 class Assistant:
     def __init__(self, config, gguf: str | None = None, tokenizer: str | None = None, allow_failed: bool = False):
-        from raftune.evaluate.retrieval import build_retriever
+        from raftune.data.retrieval import build_retriever
         from raftune.llama_runtime import open_gguf
         from raftune.models import load_tokenizer
 

