@@ -3,7 +3,6 @@ rerun gives the same bytes; bad values, unreachable endpoints and bad paths end 
 in URLs never reach a file or a cache key. (Training's kills and resume: tests/test_resume.py.)"""
 
 import json
-import os
 import signal
 import subprocess
 import sys
