@@ -4,7 +4,8 @@ import pytest
 
 from raftune import RaftuneError
 from raftune.data.corpus import load_corpus, load_qac
-from raftune.data.raft import build_rows, final_answer, split_by_question
+from raftune.answer import final_answer
+from raftune.data.raft import build_rows, split_by_question
 
 from conftest import MINI
 

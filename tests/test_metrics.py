@@ -8,6 +8,7 @@ import sacrebleu
 from rapidfuzz.distance import Levenshtein
 from rouge_score import rouge_scorer
 
+from raftune.answer import final_answer, quotes
 from raftune.evaluate import metrics
 from raftune.data.embedders import load_embedder
 
@@ -77,7 +78,7 @@ def test_quote_grounding_and_citation():
     answer = ("Im Kontext heißt es: ##begin_quote##Die Anmeldung endet 21 Tage vor dem Prüfungstermin.##end_quote## "
               "und ##begin_quote##Der  Semesterbeitrag beträgt 180 Euro.##end_quote## und "
               "##begin_quote##Die Frist ist verlängerbar.##end_quote##\n<ANSWER>: 21 Tage")
-    assert metrics.quotes(answer)[2] == "Die Frist ist verlängerbar."
+    assert quotes(answer)[2] == "Die Frist ist verlängerbar."
     # two of three quotes are in the context (one only up to whitespace), one is made up
     assert metrics.quote_grounding(answer, [cited, other]) == pytest.approx(2 / 3)
     # only one of three quotes comes from the passage the test cites
@@ -88,8 +89,8 @@ def test_quote_grounding_and_citation():
 
 
 def test_final_answer_is_the_text_after_the_marker():
-    assert metrics.final_answer("Begründung ...\n<ANSWER>: 21 Tage") == "21 Tage"
-    assert metrics.final_answer("ohne Marker") == "ohne Marker"
+    assert final_answer("Begründung ...\n<ANSWER>: 21 Tage") == "21 Tage"
+    assert final_answer("ohne Marker") == "ohne Marker"
 
 
 def test_scores_of_the_reference_itself_are_perfect():

@@ -8,9 +8,11 @@ without the context; one renderer makes that class of mismatch impossible.
 
 from __future__ import annotations
 
+from raftune.answer import ANSWER_MARKER, BEGIN_QUOTE, END_QUOTE
+
 INSTRUCTION = (
     "Beantworte die Frage nur mit Hilfe des Kontexts. Zitiere die entscheidenden Stellen zwischen "
-    "##begin_quote## und ##end_quote## und schließe mit <ANSWER>: und der kurzen Antwort."
+    f"{BEGIN_QUOTE} und {END_QUOTE} und schließe mit {ANSWER_MARKER} und der kurzen Antwort."
 )
 
 # The Mistral-instruct (v0.3) shape: `<s>[INST] user[/INST] assistant</s>`. Used by the tiny model; real

@@ -11,10 +11,10 @@ from collections import Counter
 from pathlib import Path
 
 from raftune import RaftuneError
-from raftune.data.formats import ANSWER_MARKER, Row, load_rows, squash
+from raftune.answer import has_final_answer, quoted, quotes
+from raftune.data.formats import Row, load_rows, squash
 from raftune.manifest import make_dir, write_json, write_jsonl, write_text
 
-QUOTE = re.compile(r"##begin_quote##(.*?)##end_quote##", re.S)
 # Text a question generator writes instead of a question (the seed's "Your request seems unclear...").
 META = re.compile(r"\b(your (request|input)|unclear|incomplete|insufficient|please provide|could you (please )?provide|"
                   r"provided context|context provided|the context (is|does|seems)|as an ai|i'm sorry|i cannot|"
@@ -67,18 +67,18 @@ def check_row(row: Row, oracle: str, seen: set, min_oracle_chars: int, count_tok
     if len(oracle.strip()) < min_oracle_chars:
         flags.append("oracle_too_short")
     cot = row.cot_answer or ""
-    if ANSWER_MARKER not in cot:
+    if not has_final_answer(cot):
         flags.append("no_answer_marker")
-    quotes = QUOTE.findall(cot)
+    spans = quotes(cot, closed_only=True)
     repaired = cot
-    if not quotes:
+    if not spans:
         flags.append("no_quote")
     statuses = []
-    for quote in quotes:
+    for quote in spans:
         status, exact = quote_status(quote, [oracle, *row.documents])
         statuses.append(status)
         if exact is not None:
-            repaired = repaired.replace(f"##begin_quote##{quote}##end_quote##", f"##begin_quote##{exact}##end_quote##")
+            repaired = repaired.replace(quoted(quote), quoted(exact))
     if "missing" in statuses:
         flags.append("quote_not_in_context")
     elif "normalised" in statuses:

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from raftune import RaftuneError
+from raftune.answer import final_answer, has_final_answer
 
-ANSWER_MARKER = "<ANSWER>:"
 RAFT_FIELDS = ("question", "context", "oracle_context", "cot_answer")
 
 
@@ -144,10 +144,6 @@ def oracle_index(documents: list[str], oracle: str) -> int | None:
     return next((i for i, doc in enumerate(documents) if squash(doc) == wanted), None)
 
 
-def final_answer(cot_answer: str) -> str | None:
-    return cot_answer.split(ANSWER_MARKER, 1)[1].strip() if ANSWER_MARKER in cot_answer else None
-
-
 def _require_str(record: dict, key: str) -> str:
     value = record.get(key)
     if not isinstance(value, str):
@@ -177,7 +173,7 @@ def normalise_record(record: dict, shape: str) -> Row:
     documents = _documents(context)
     cot = _require_str(record, "cot_answer")
     return Row(_require_str(record, "question"), documents, oracle_index(documents, _require_str(record, "oracle_context")),
-               cot, final_answer(cot))
+               cot, final_answer(cot) if has_final_answer(cot) else None)
 
 
 def load_rows(path: str | Path, skip_bad: bool = False) -> tuple[str, list[Row], list[dict], list[str]]:

@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 
 from raftune import RaftuneError
+from raftune.answer import ANSWER_MARKER, BEGIN_QUOTE, END_QUOTE
 from raftune.data.raft import extractive_answer
 from raftune.manifest import strip_credentials
 
@@ -30,7 +31,7 @@ QUESTION_PROMPT = (
 )
 ANSWER_PROMPT = (
     "Beantworte die Frage mit Hilfe des Kontexts. Begründe Schritt für Schritt und zitiere die entscheidenden Sätze "
-    "wörtlich zwischen ##begin_quote## und ##end_quote##. Schließe mit einer Zeile `<ANSWER>: ` und der kurzen "
+    f"wörtlich zwischen {BEGIN_QUOTE} und {END_QUOTE}. Schließe mit einer Zeile `{ANSWER_MARKER} ` und der kurzen "
     "Antwort.\n\nKontext:\n{oracle}\n\nFrage: {question}"
 )
 

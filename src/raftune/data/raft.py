@@ -13,6 +13,7 @@ import re
 from rapidfuzz import fuzz
 
 from raftune import RaftuneError
+from raftune.answer import final_answer, format_answer
 from raftune.chat import user_message
 from raftune.data.corpus import Chunk
 
@@ -27,12 +28,7 @@ def extractive_answer(question: str, answer: str, oracle: str) -> str:
     """Chain of thought: the best-matching oracle sentence, quoted verbatim, then the final answer."""
     sentences = split_sentences(oracle)
     quote = max(sentences, key=lambda s: fuzz.token_set_ratio(f"{question} {answer}", s))
-    return f"Im Kontext heißt es: ##begin_quote##{quote}##end_quote##\n<ANSWER>: {answer}"
-
-
-def final_answer(cot_answer: str) -> str:
-    """The text after `<ANSWER>:`, or the whole answer when the marker is missing."""
-    return cot_answer.split("<ANSWER>:", 1)[1].strip() if "<ANSWER>:" in cot_answer else cot_answer.strip()
+    return format_answer(quote, answer)
 
 
 def build_rows(chunks: list[Chunk], qac: list[dict], num_distractors: int, oracle_probability: float,

@@ -24,7 +24,7 @@ from rapidfuzz.distance import Levenshtein
 from rouge_score import rouge_scorer
 
 from raftune.data.clean import quote_status
-from raftune.data.formats import ANSWER_MARKER
+from raftune.answer import quotes
 
 # The seed's weights (its promptfoo config); their weighted average is its headline number. Order = heatmap order.
 WEIGHTS = {"edit_similarity": 1.0, "keyword_score": 1.5, "rouge_1": 0.5, "rouge_2": 0.5, "rouge_l": 0.5,
@@ -36,7 +36,6 @@ LABELS = {"edit_similarity": "EditDistance", "keyword_score": "KeywordScore", "r
           "weighted": "weighted avg", "bleu": "BLEU", "quote_grounding": "quote grounding",
           "citation": "citation", "answer_marker": "<ANSWER>: line"}
 
-_QUOTE = re.compile(r"##begin_quote##(.*?)(?:##end_quote##|$)", re.S)  # a quote cut off by max_new_tokens counts
 
 
 def words(text: str) -> list[str]:
@@ -85,10 +84,6 @@ def cosine(embedder, answers: list[str], references: list[str]) -> np.ndarray:
     return (a * b).sum(axis=1)
 
 
-def quotes(answer: str) -> list[str]:
-    return [q for q in _QUOTE.findall(answer)]
-
-
 def _found_share(spans: list[str], sources: list[str]) -> float:
     """Verbatim, or equal after normalising whitespace and quote marks (the data cleaner's rule)."""
     if not spans:
@@ -104,11 +99,6 @@ def quote_grounding(answer: str, context: list[str]) -> float:
 def citation(answer: str, cited: list[str]) -> float:
     """Did the model quote the passage the test cites, not merely some passage of the context?"""
     return _found_share(quotes(answer), cited) if cited else math.nan
-
-
-def final_answer(answer: str) -> str:
-    """The text after `<ANSWER>:`; the whole answer when the model wrote no marker (so it is still scored)."""
-    return answer.split(ANSWER_MARKER, 1)[1].strip() if ANSWER_MARKER in answer else answer.strip()
 
 
 def text_scores(answer: str, reference: str, keywords: list[str]) -> dict[str, float]:

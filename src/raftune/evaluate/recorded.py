@@ -86,6 +86,7 @@ def extractive_baseline(items, contexts) -> list[dict]:
     """A no-model baseline: the sentence of the top passage that best matches the question (rapidfuzz)."""
     from rapidfuzz import fuzz
 
+    from raftune.answer import format_answer
     from raftune.data.raft import split_sentences
 
     rows = []
@@ -93,7 +94,7 @@ def extractive_baseline(items, contexts) -> list[dict]:
         sentences = split_sentences(passages[0].text) if passages else [""]
         best = max(sentences, key=lambda s: fuzz.token_set_ratio(item.question, s))
         rows.append({"model": "extractive-baseline", "test_id": item.test_id, "question_id": item.question_id,
-                     "answer": f"Im Kontext heißt es: ##begin_quote##{best}##end_quote##\n<ANSWER>: {best}"})
+                     "answer": format_answer(best, best)})
     return rows
 
 

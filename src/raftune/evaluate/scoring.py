@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from raftune.data.formats import ANSWER_MARKER
-from raftune.evaluate.metrics import (METRICS, citation, cosine, final_answer, quote_grounding, text_scores,
+from raftune.answer import final_answer, has_final_answer
+from raftune.evaluate.metrics import (METRICS, citation, cosine, quote_grounding, text_scores,
                                       weighted_average)
 
 PARTS = ("full", "final")
@@ -32,7 +32,7 @@ def score_rows(rows: list[dict], embedder) -> pd.DataFrame:
             whole = part == "full"
             scores["quote_grounding"] = quote_grounding(row["answer"], row["context"]) if whole else math.nan
             scores["citation"] = citation(row["answer"], row["cited"]) if whole else math.nan
-            scores["answer_marker"] = float(ANSWER_MARKER in row["answer"]) if whole else math.nan
+            scores["answer_marker"] = float(has_final_answer(row["answer"])) if whole else math.nan
             records.append({"model": row["model"], "test_id": row["test_id"], "question_id": row["question_id"],
                             "part": part, "weight": row["weight"], **{m: scores[m] for m in METRICS}})
     return pd.DataFrame.from_records(records, columns=[*KEYS, "weight", *METRICS])

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from raftune import RaftuneError
 from raftune.config import RunConfig, config_to_dict
 from raftune.data.generators import ResponseCache
-from raftune.evaluate.metrics import final_answer
+from raftune.answer import final_answer
 from raftune.evaluate.providers import Answer, check_spec, make_provider
 from raftune.evaluate.recorded import recorded_answer, recorded_models
 from raftune.evaluate.results import config_hash, new_run_id, tidy, write_results

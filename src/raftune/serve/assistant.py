@@ -135,7 +135,7 @@ class Assistant:
 
 def reply(prepared: Prepared, text: str, finish_reason: str, tokens: int) -> dict:
     """{answer, final_answer, sources, prompt} and the generation's facts, as every front end shows them."""
-    from raftune.evaluate.metrics import final_answer
+    from raftune.answer import final_answer
 
     answer = text.strip()  # as evaluate stores it
     return {"answer": answer, "final_answer": final_answer(answer), "sources": prepared.sources,

@@ -1,0 +1,36 @@
+"""The RAFT answer format, in one place: reasoning that quotes the context verbatim between ##begin_quote## and
+##end_quote##, ending with a line `<ANSWER>: ` and the short answer. Data building writes it, cleaning checks it,
+evaluation scores it and the assistant splits it, all with these functions.
+"""
+
+from __future__ import annotations
+
+import re
+
+BEGIN_QUOTE, END_QUOTE, ANSWER_MARKER = "##begin_quote##", "##end_quote##", "<ANSWER>:"
+_CLOSED = re.compile(re.escape(BEGIN_QUOTE) + r"(.*?)" + re.escape(END_QUOTE), re.S)
+_OPEN_OR_CLOSED = re.compile(re.escape(BEGIN_QUOTE) + r"(.*?)(?:" + re.escape(END_QUOTE) + r"|$)", re.S)
+
+
+def quoted(text: str) -> str:
+    return f"{BEGIN_QUOTE}{text}{END_QUOTE}"
+
+
+def format_answer(quote: str, answer: str) -> str:
+    """The short reasoning answer raftune writes itself: one verbatim quote, then the final answer."""
+    return f"Im Kontext heißt es: {quoted(quote)}\n{ANSWER_MARKER} {answer}"
+
+
+def quotes(text: str, closed_only: bool = False) -> list[str]:
+    """The quoted spans. A generated answer cut off by the token limit may leave its last quote open; it counts
+    unless `closed_only` (training data must close every quote)."""
+    return (_CLOSED if closed_only else _OPEN_OR_CLOSED).findall(text)
+
+
+def has_final_answer(text: str) -> bool:
+    return ANSWER_MARKER in text
+
+
+def final_answer(text: str) -> str:
+    """The text after `<ANSWER>:`; the whole text when there is no marker (so a model without it is still scored)."""
+    return text.split(ANSWER_MARKER, 1)[1].strip() if ANSWER_MARKER in text else text.strip()
