@@ -52,9 +52,11 @@ def test_hybrid_is_the_reciprocal_rank_fusion_of_dense_and_bm25():
             assert hybrid[q, i] == pytest.approx(expected)
 
 
-def test_unknown_retriever_is_named():
+def test_unknown_retriever_or_embedder_is_named():
     with pytest.raises(RaftuneError, match="evaluate.retriever must be one of dense, bm25, hybrid, got 'tfidf'"):
         build_retriever(EvaluateConfig(retriever="tfidf"), CHUNKS)
+    with pytest.raises(RaftuneError, match="evaluate.retrieval_model: cannot load '/no/such/model'"):
+        build_retriever(EvaluateConfig(retrieval_model="/no/such/model"), CHUNKS)
 
 
 def test_the_default_retriever_finds_the_cited_passage_in_the_top_3_for_90_percent_of_the_demo_set():
