@@ -51,9 +51,11 @@ def test_hybrid_is_the_reciprocal_rank_fusion_of_dense_and_bm25():
             assert hybrid[q, i] == pytest.approx(expected)
 
 
-def test_unknown_retriever_is_named():
+def test_unknown_retriever_or_embedder_is_named():
     with pytest.raises(RaftuneError, match="evaluate.retriever must be one of dense, bm25, hybrid, got 'tfidf'"):
         Retriever(CHUNKS, "tfidf")
+    with pytest.raises(RaftuneError, match="evaluate.retrieval_model: cannot load '/no/such/model'"):
+        Retriever(CHUNKS, "dense", "/no/such/model")
 
 
 def test_the_default_retriever_finds_the_cited_passage_in_the_top_3_for_90_percent_of_the_demo_set(tmp_path):
@@ -80,11 +82,21 @@ def test_retrieval_report_prints_every_retriever_side_by_side(tmp_path, capsys):
 SEED_PDFS = SHARED / "seed-data" / "pdfs"
 
 
+def test_seed_pdf_testset_and_its_baseline_answer_every_question():
+    from raftune.evaluate.recorded import recorded_models
+
+    items = load_testset(ROOT / "datasets" / "seed-pdfs" / "testset.json")
+    assert len(items) == 45 and len({i.test_id for i in items}) == 15
+    assert all(len(i.keywords) >= 1 and i.cite_pages for i in items)
+    baseline = ROOT / "datasets" / "seed-pdfs" / "recorded" / "extractive-baseline.jsonl"
+    answers = recorded_models({"kind": "recorded", "path": str(baseline)}, items)["extractive-baseline"]
+    assert len(answers) == 45 and all("##begin_quote##" in a["answer"] for a in answers.values())
+
+
 @pytest.mark.skipif(not SEED_PDFS.is_dir(), reason=f"seed PDFs not found at {SEED_PDFS} (../shared is absent)")
 def test_seed_pdf_testset_keywords_are_in_the_reference_and_the_cited_pages():
     items = load_testset(ROOT / "datasets" / "seed-pdfs" / "testset.json")
     chunks = load_corpus(SEED_PDFS)
-    assert len(items) == 45 and len({i.test_id for i in items}) == 15
     for item in items:
         cited = " ".join(c.text for c in chunks if c.document == item.cite_document and c.page in item.cite_pages)
         assert cited, (item.test_id, item.cite_document)

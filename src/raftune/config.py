@@ -48,7 +48,7 @@ class DataConfig:
     raft: str | None = None
     paragraphs: str | None = None
     clean: str = "repair"  # data.raft rows: repair | strict | off, by the rules of `raftune data clean`
-    chunk_tokens: int = 200  # PDF chunk size, in tokens of the retrieval embedder (all-MiniLM-L6-v2 reads 256)
+    chunk_tokens: int = 200  # PDF chunk size in all-MiniLM-L6-v2 tokens (it reads 256, multilingual-e5-small 512)
     chunk_overlap: int = 30  # tokens of whole sentences repeated from the previous chunk
     num_distractors: int = 4  # distractor documents per row (4 in the RAFT paper)
     oracle_probability: float = 0.8  # share of rows that contain the oracle document (RAFT's P)

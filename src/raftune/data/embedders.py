@@ -26,14 +26,14 @@ def embedding_tokenizer(name: str = "all-MiniLM-L6-v2"):
     return AutoTokenizer.from_pretrained(embedding_model_path(name))
 
 
-def load_embedder(name: str):
+def load_embedder(name: str, key: str = "evaluate.embedding_model"):
     """Any sentence-transformers model: the packaged default, a local folder, or a hub id (only then the hub)."""
     from sentence_transformers import SentenceTransformer
 
     try:
         return SentenceTransformer(embedding_model_path(name), device="cpu")
     except (OSError, ValueError) as err:
-        raise RaftuneError(f"cannot load '{name}' as a sentence-transformers model "
+        raise RaftuneError(f"{key}: cannot load '{name}' as a sentence-transformers model "
                            f"({str(err).splitlines()[0]})") from None
 
 
@@ -51,6 +51,6 @@ def dense_encoders(name: str):
         model = USE()
         encode = lambda texts: np.atleast_2d(model.encode(list(texts)))
         return encode, encode
-    model = load_embedder(name)
+    model = load_embedder(name, "evaluate.retrieval_model")
     encode = lambda texts: model.encode(list(texts), normalize_embeddings=True, show_progress_bar=False)
     return encode, encode
