@@ -72,7 +72,7 @@ def main() -> None:
         results[name] = json.loads(out.stdout.strip().splitlines()[-1])
         print(name, results[name], flush=True)
     base = results.get("nf4")
-    print(f"\n| variant | s/step (after the first) | peak RSS GB | loss at step 1 | x nf4 |\n|---|---:|---:|---:|---:|")
+    print("\n| variant | s/step (after the first) | peak RSS GB | loss at step 1 | x nf4 |\n|---|---:|---:|---:|---:|")
     for name, r in results.items():
         ratio = f"{base['later_steps_s'] / r['later_steps_s']:.2f}" if base else ""
         print(f"| {name} | {r['later_steps_s']:.2f} | {r['peak_rss_gb']:.2f} | {r['loss_first']:.3f} | {ratio} |")

@@ -34,7 +34,7 @@ import httpx2 as httpx  # the HTTP client the pinned openai package brings
 from openai import OpenAI
 
 from raftune.config import load_config
-from raftune.evaluate.testset import load_testset
+from raftune.data.testset import load_testset
 from raftune.serve.assistant import Assistant
 
 

@@ -366,7 +366,7 @@ def parity_curves(config, steps: int = 50, tokens_per_step: int = 4096) -> dict:
         plan = [[g[i:i + micro] for i in range(0, len(g), micro)] if micro else [g] for g in groups]
         losses = []
         train(model, cfg, examples, plan, fast.Collator(tokenizer.eos_token_id, cfg.fast.packing),
-              lambda step, loss, real: losses.append(float(loss)) and False, max_steps=steps)
+              lambda step, loss, real, losses=losses: losses.append(float(loss)) and False, max_steps=steps)
         curves[name] = losses
         del model
     worst = max(abs(f - s) / s for s, f in zip(curves["seed"], curves["fast"]))
@@ -431,8 +431,8 @@ def loss_difference(a: dict, b: dict) -> float:
 
 def launcher_table(rows: list[dict], processes: int, peak: float) -> str:
     """Per recipe: one GPU at the same global batch, then each launcher on `processes` GPUs."""
-    lines = [f"| recipe | launcher | GPUs | real tokens/s | per GPU | peak GiB per GPU | scaling efficiency | MFU | "
-             f"loss vs 1 GPU |", "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
+    lines = ["| recipe | launcher | GPUs | real tokens/s | per GPU | peak GiB per GPU | scaling efficiency | MFU | "
+             "loss vs 1 GPU |", "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
     singles = {r["recipe"]: r for r in rows if r["launcher"] == "1 GPU"}
     for r in rows:
         one = singles.get(r["recipe"])

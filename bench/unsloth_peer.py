@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 SETTINGS = {"padding-free-8": (8, True), "padding-free-16": (16, True), "padded-2": (2, False)}

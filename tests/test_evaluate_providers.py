@@ -159,8 +159,8 @@ def test_base_plus_adapter_answers_like_the_merged_model(mini_run, prompts_of):
     manifest = json.loads((config.stage_dir("merge") / "manifest.json").read_text())
     adapter = str(config.stage_dir("train") / "adapter")
     base = manifest["inputs"]["base"]
-    merged = generate(HFProvider({"name": "m", "kind": "hf", "path": str(config.stage_dir("merge") / "model")}, 12, 8),
-                      prompts_of(HFProvider({"name": "m", "kind": "hf", "path": str(config.stage_dir("merge") / "model")}, 12, 8)))
+    merged_provider = HFProvider({"name": "m", "kind": "hf", "path": str(config.stage_dir("merge") / "model")}, 12, 8)
+    merged = generate(merged_provider, prompts_of(merged_provider))
     unmerged_provider = HFProvider({"name": "a", "kind": "hf", "path": base, "adapter": adapter}, 12, 8)
     unmerged = generate(unmerged_provider, prompts_of(unmerged_provider))
     if manifest["outputs"].get("method", "pristine").startswith("pristine"):

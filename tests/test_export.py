@@ -83,4 +83,7 @@ def test_corrupt_or_missing_gguf_gives_one_line_error(mini_run, tmp_path):
 
 def test_no_partial_files_left(mini_run):
     _, export_dir = _paths(mini_run)
-    assert sorted(p.name for p in export_dir.iterdir()) == ["base", "fidelity-f16.json", "fidelity-q8_0.json", "fidelity.md", "fidelity.png", "manifest.json", "model-f16.Modelfile", "model-f16.gguf", "model-f16.llama-cpp.sh", "model-q8_0.Modelfile", "model-q8_0.gguf", "model-q8_0.llama-cpp.sh"]
+    assert sorted(p.name for p in export_dir.iterdir()) == [
+        "base", "fidelity-f16.json", "fidelity-q8_0.json", "fidelity.md", "fidelity.png", "manifest.json",
+        "model-f16.Modelfile", "model-f16.gguf", "model-f16.llama-cpp.sh",
+        "model-q8_0.Modelfile", "model-q8_0.gguf", "model-q8_0.llama-cpp.sh"]

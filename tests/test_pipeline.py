@@ -41,7 +41,7 @@ def test_data_formats_and_token_lengths(mini_run):
 def test_f16_gguf_answers_like_the_hf_model(mini_run):
     """Greedy decoding through llama.cpp f16 reproduces the HF model's answers on the mini test set."""
     config, _ = mini_run
-    rows = [json.loads(l) for l in (config.stage_dir("evaluate") / "answers.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (config.stage_dir("evaluate") / "answers.jsonl").read_text().splitlines()]
     hf = {(r["test_id"], r["question_id"]): r["answer"] for r in rows if r["model"] == "finetuned-hf"}
     f16 = {(r["test_id"], r["question_id"]): r["answer"] for r in rows if r["model"] == "finetuned-gguf-f16"}
     same = sum(hf[k] == f16[k] for k in hf)

@@ -67,8 +67,9 @@ def test_the_default_retriever_finds_the_cited_passage_in_the_top_3_for_90_perce
 
 def test_retrieval_report_prints_every_retriever_side_by_side(tmp_path, capsys):
     config = mini_config(tmp_path)
-    assert main(["evaluate", "--retrieval-report", "--config", str(ROOT / "configs" / "demo-tiny.yaml"), f"runs_dir={tmp_path}", "run=mini",
-                 f"data.corpus={MINI / 'corpus'}", f"evaluate.testset={MINI / 'testset.json'}"]) == 0
+    assert main(["evaluate", "--retrieval-report", "--config", str(ROOT / "configs" / "demo-tiny.yaml"),
+                 f"runs_dir={tmp_path}", "run=mini", f"data.corpus={MINI / 'corpus'}",
+                 f"evaluate.testset={MINI / 'testset.json'}"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[2] == "| retriever | hit@1 | hit@3 | hit@5 |"
     names = [line.split(" | ")[0].strip("| ") for line in table[4:]]

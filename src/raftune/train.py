@@ -140,7 +140,7 @@ def make_trainer(config: RunConfig, base: str, tokenizer, train_set, eval_set, o
     args = training_arguments(config, out_dir)
     # Under `accelerate launch` this joins the process group and selects this process's GPU, so the 4-bit weights
     # are loaded onto it (loading first would put every process's copy on the first GPU).
-    args.device
+    _ = args.device
     model = build_model(base, config)
     trainable, total = model.get_nb_trainable_parameters()
     print(f"train: approach {config.train.approach}, {len(train_set)} rows, LoRA {trainable:,} trainable of "
@@ -389,7 +389,8 @@ def run(config: RunConfig, resume: bool = False, make_collator=None):
     loss_curve(stage.dir / "loss.jsonl", stage.dir / "loss.png")
     length_histogram({"prompt": train_report["prompt_lengths"], "completion": train_report["completion_lengths"]},
                      stage.dir / "lengths.png", sft["max_length"])
-    stage.outputs = {"adapter": str(adapter_dir), "world_size": trainer.args.world_size, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+    stage.outputs = {"adapter": str(adapter_dir), "world_size": trainer.args.world_size,
+                     **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
     write_json(stage.dir / "token_report.json", {"train": train_report, "eval": eval_report})
     stage.finish()
     print(f"train: {result.global_step} steps on {trainer.args.world_size} process(es), loss "

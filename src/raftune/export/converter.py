@@ -85,8 +85,8 @@ def _run_script(script: str, args: list[str], what, folder: Path) -> None:
     source_info(folder)
     result = subprocess.run([sys.executable, str(folder / script), *args], capture_output=True, text=True)
     if result.returncode != 0:
-        lines = [l for l in (result.stderr or result.stdout).splitlines() if l.strip()]
-        errors = [l for l in lines if re.search(r"Error|error:|Exception", l)]
+        lines = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()]
+        errors = [line for line in lines if re.search(r"Error|error:|Exception", line)]
         raise RaftuneError(f"llama.cpp {script} failed on {what}: {(errors or lines or ['no output'])[-1]}")
 
 
