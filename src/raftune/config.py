@@ -67,6 +67,9 @@ class DataConfig:
     questions_per_chunk: int = 1
 
 
+APPROACHES = ("docs", "qac", "raft")  # raftune.train.TRAINERS builds a trainer for each
+
+
 @dataclass
 class TrainConfig:
     # What the model learns from (the seed's four approaches; the fourth is raft with sft.completion_only_loss):
@@ -88,6 +91,9 @@ class FastConfig:
     bf16_frozen: bool = False  # keep frozen norms, embeddings and lm_head bf16 (peft's kbit preparation casts to fp32)
     fused_lora: bool = False  # LoRA's product added in the GEMM epilogue (addmm), not by peft's clone/scale/add
     completion_logits: bool = False  # lm_head and loss only where a label is (CPU and GPU; small models gain most)
+
+
+MERGE_METHODS = ("dequantized", "pristine")  # raftune.merge says what each one does
 
 
 @dataclass
@@ -242,12 +248,12 @@ RULES = {
     "data.generator_max_tokens": integer(1),
     "data.questions_per_chunk": integer(1),
     "data.clean": one_of("repair", "strict", "off"),
-    "train.approach": one_of("docs", "qac", "raft"),
+    "train.approach": one_of(*APPROACHES),
     "train.sample_prompts": integer(0),
     "train.sample_max_new_tokens": integer(1),
     "fast.tokens_per_batch": integer(0),
     "fast.checkpoint_layers": integer(0),
-    "merge.method": one_of("dequantized", "pristine"),
+    "merge.method": one_of(*MERGE_METHODS),
     "export.types": one_of(*_gguf_types(), each=True),
     "export.max_nmse": number(0),
     "export.min_top1": number(0, 1),

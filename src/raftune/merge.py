@@ -21,11 +21,9 @@ import torch
 import yaml
 
 from raftune import RaftuneError
-from raftune.config import RunConfig
+from raftune.config import MERGE_METHODS, MergeConfig, RunConfig
 from raftune.manifest import Stage, base_provenance, make_dir, write_json
 from raftune.models import load_model, load_tokenizer, resolve_base, save_tokenizer
-
-METHODS = ("pristine", "dequantized")
 
 
 def adapter_training_setup(adapter_dir) -> tuple[str, dict]:
@@ -56,14 +54,14 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())
 
 
-def merge(adapter_dir, out_dir, method: str = "dequantized", unsafe_4bit: bool = False, base: str | None = None,
+def merge(adapter_dir, out_dir, method: str = MergeConfig.method, unsafe_4bit: bool = False, base: str | None = None,
           dtype: torch.dtype = torch.float32) -> dict:
     """Merge, write the HF folder (with the training tokenizer and chat template) atomically; return the report."""
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer
 
-    if method not in METHODS:
-        raise RaftuneError(f"unknown merge method '{method}' (expected one of {', '.join(METHODS)})")
+    if method not in MERGE_METHODS:
+        raise RaftuneError(f"unknown merge method '{method}' (expected one of {', '.join(MERGE_METHODS)})")
     trained_base, quantization = adapter_training_setup(adapter_dir)
     base = base or trained_base
     if unsafe_4bit and not quantization:

@@ -38,7 +38,6 @@ warnings.filterwarnings("ignore", message="bitsandbytes::gemv_4bit: an autograd 
 SFT_DEFAULTS = {"bf16": False, "completion_only_loss": True, "max_length": 2048, "report_to": "none", "logging_steps": 5,
                 "save_strategy": "no", "eval_strategy": "no", "seed": 0, "data_seed": 0,
                 "ddp_find_unused_parameters": False}
-APPROACHES = ("docs", "qac", "raft")
 
 
 LOGS = ("loss.jsonl", "samples.jsonl")  # one JSON record per line, each with the step it was written at
@@ -114,7 +113,7 @@ def training_arguments(config: RunConfig, out_dir: Path):
     from transformers import TrainingArguments
     from trl import SFTConfig
 
-    values = {**SFT_DEFAULTS, **config.sft, "output_dir": str(out_dir / "checkpoints")}
+    values = {**settings(config), "output_dir": str(out_dir / "checkpoints")}
     if fsdp_checkpointing():  # FSDP recomputes every wrapped layer itself; transformers refuses both at once
         values["activation_checkpointing"] = False
     if fast.enabled(config.fast):  # raftune.fast checkpoints the layers itself; a token-budget batch is one row
@@ -128,15 +127,60 @@ def training_arguments(config: RunConfig, out_dir: Path):
     return TrainingArguments(**{k: v for k, v in values.items() if k in known}, remove_unused_columns=False)
 
 
-def make_trainer(config: RunConfig, base: str, tokenizer, train_set, eval_set, out_dir: Path, callbacks=()):
-    from transformers import Trainer
+def settings(config: RunConfig) -> dict:
+    """The recipe's `sft:` section over raftune's defaults: every training setting, resolved in one place."""
+    return {**SFT_DEFAULTS, **config.sft}
+
+
+def pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def _trl_trainer(config, model, args, tokenizer, train_set, eval_set, callbacks):
     from trl import SFTTrainer
 
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                         processing_class=tokenizer, callbacks=callbacks)
+    # trl casts QLoRA adapter weights to bf16; resuming from a checkpoint then loads them through peft, which
+    # casts them back to fp32, so a resumed run would continue in another precision than it started in. Keep
+    # them in peft's fp32 from the start (they are a few MB), and a resumed run matches an uninterrupted one.
+    for param in trainer.model.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()
+    return trainer
+
+
+def _masked_trainer(config, model, args, tokenizer, train_set, eval_set, callbacks):
+    from transformers import Trainer
+
+    return Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                   data_collator=MaskedCollator(pad_id(tokenizer)), callbacks=callbacks)
+
+
+def _fast_trainer(config, model, args, tokenizer, train_set, eval_set, callbacks):
+    """Every approach, when a `fast:` lever is on: Trainer with raftune's (packing) collator and batches."""
+    from transformers import Trainer
+
+    sft = settings(config)
+    if config.fast.tokens_per_batch:
+        train_set = fast.grouped_dataset(train_set, config.fast, sft["data_seed"])
+    # qac masks its prompt always (as MaskedCollator does), raft when completion_only_loss; docs has no prompt
+    completion_only = config.train.approach != "raft" or sft["completion_only_loss"]
+    return Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                   data_collator=fast.Collator(pad_id(tokenizer), config.fast.packing, completion_only),
+                   callbacks=callbacks)
+
+
+# train.approach -> how its trainer is built (labels as in the module docstring)
+TRAINERS = {"raft": _trl_trainer, "qac": _masked_trainer, "docs": _masked_trainer}
+
+
+def make_trainer(config: RunConfig, base: str, tokenizer, train_set, eval_set, out_dir: Path, callbacks=()):
     from transformers import set_seed
 
     # LoRA's A matrices are drawn when the adapter is created, before the Trainer seeds anything: seed here, or two
     # runs of one recipe differ from their first update on (B starts at zero, so the first loss hides it)
-    set_seed({**SFT_DEFAULTS, **config.sft}["seed"])
+    set_seed(settings(config)["seed"])
     args = training_arguments(config, out_dir)
     # Under `accelerate launch` this joins the process group and selects this process's GPU, so the 4-bit weights
     # are loaded onto it (loading first would put every process's copy on the first GPU).
@@ -146,29 +190,8 @@ def make_trainer(config: RunConfig, base: str, tokenizer, train_set, eval_set, o
     print(f"train: approach {config.train.approach}, {len(train_set)} rows, LoRA {trainable:,} trainable of "
           f"{total:,} parameters, base {base}")
     eval_set = eval_set if eval_set is not None and len(eval_set) else None
-    if fast.enabled(config.fast):  # every approach: Trainer with raftune's (packing) collator and batches
-        sft = {**SFT_DEFAULTS, **config.sft}
-        if config.fast.tokens_per_batch:
-            train_set = fast.grouped_dataset(train_set, config.fast, sft["data_seed"])
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        # qac masks its prompt always (as MaskedCollator does), raft when completion_only_loss; docs has no prompt
-        completion_only = config.train.approach != "raft" or sft["completion_only_loss"]
-        return Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                       data_collator=fast.Collator(pad, config.fast.packing, completion_only),
-                       callbacks=list(callbacks))
-    if config.train.approach == "raft":
-        trainer = SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                             processing_class=tokenizer, callbacks=list(callbacks))
-        # trl casts QLoRA adapter weights to bf16; resuming from a checkpoint then loads them through peft, which
-        # casts them back to fp32, so a resumed run would continue in another precision than it started in. Keep
-        # them in peft's fp32 from the start (they are a few MB), and a resumed run matches an uninterrupted one.
-        for param in trainer.model.parameters():
-            if param.requires_grad:
-                param.data = param.data.float()
-        return trainer
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                   data_collator=MaskedCollator(pad), callbacks=list(callbacks))
+    build = _fast_trainer if fast.enabled(config.fast) else TRAINERS[config.train.approach]
+    return build(config, model, args, tokenizer, train_set, eval_set, list(callbacks))
 
 
 def completion_loss(model, dataset, pad_token_id: int, batch_size: int = 8) -> float:
@@ -198,9 +221,7 @@ def load_examples(config: RunConfig) -> dict[str, list[dict]]:
 
     from raftune.data.formats import read_records
 
-    approach = config.train.approach
-    if approach not in APPROACHES:
-        raise RaftuneError(f"train.approach must be one of {', '.join(APPROACHES)}, got '{approach}'")
+    approach = config.train.approach  # one of config.APPROACHES, checked when the recipe loaded
     data_dir = require_finished(config, "data", "raftune data build")
     splits = {}
     for split in ("train", "eval"):
@@ -323,7 +344,7 @@ def show_labels(config: RunConfig, index: int = 0, tail: int = 400) -> str:
     row = load_examples(config)["train"][index]
     features, _ = tokenize_rows([row], tokenizer, 10**9, config.train.approach)
     ids, mask = features[0]["input_ids"], features[0]["completion_mask"]
-    if config.train.approach == "raft" and not {**SFT_DEFAULTS, **config.sft}["completion_only_loss"]:
+    if config.train.approach == "raft" and not settings(config)["completion_only_loss"]:
         mask = [1] * len(ids)  # whole-sequence loss: every token is a label
     head = (f"{len(ids)} tokens, {sum(mask)} with a label; starts with BOS {tokenizer.bos_token!r}: "
             f"{ids[0] == tokenizer.bos_token_id} (BOS tokens: {ids.count(tokenizer.bos_token_id)}); ends with EOS "
@@ -348,7 +369,7 @@ def run(config: RunConfig, resume: bool = False, make_collator=None):
                                     **base_provenance(base)}, keep=resume)
     checkpoint = resume_point(stage) if resume else None
     tokenizer = load_tokenizer(base)
-    sft = {**SFT_DEFAULTS, **config.sft}
+    sft = settings(config)
     train_set, train_report = tokenize_rows(examples["train"], tokenizer, sft["max_length"], config.train.approach)
     eval_set, eval_report = tokenize_rows(examples["eval"], tokenizer, sft["max_length"], config.train.approach)
     for name, report in (("train", train_report), ("eval", eval_report)):
@@ -377,7 +398,7 @@ def run(config: RunConfig, resume: bool = False, make_collator=None):
     metrics = {"train_loss": result.training_loss, "steps": result.global_step, **result.metrics,
                **({"eval_loss": evals[-1]["eval_loss"], "eval_step": evals[-1]["step"]} if evals else {})}
     if len(eval_set):
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        pad = pad_id(tokenizer)
         metrics["eval_completion_loss"] = completion_loss(trainer.model, eval_set, pad)
     write_json(adapter_dir / "metrics.json", metrics)
     import yaml

@@ -34,15 +34,15 @@ from tqdm import tqdm
 
 from raftune import RaftuneError
 from raftune.chat import encode, render_example, render_prompt, user_message
+from raftune.config import ExportConfig
 from raftune.manifest import make_dir
 
 MODES = ("template", "raw", "double-bos", "text-control")
 # The gate of `raftune export`: NMSE and top-1 for the lossless types; tokenisation and the EOS check for every
 # type. Quantised types are not held to absolute figures (small models lose more to quantisation than 7B ones): each
 # is reported beside the same type made from the untouched base (`against_base`, QUANT_TOLERANCE).
-DEFAULT_GATE = {"max_nmse": 1e-3, "min_top1": 0.99, "require_tokenization_match": True,
-                # P(EOS) after the reference answers may not fall below the base's divided by this
-                "max_eos_drop": 10.0}
+# The thresholds are the recipe's `export:` values (config.ExportConfig); these are their defaults.
+DEFAULT_GATE = {"require_tokenization_match": True, **ExportConfig().limits()}
 LOSSLESS = {"f32", "f16", "bf16"}
 QUANT_TOLERANCE = {"top1_points": 0.01, "kl_ratio": 1.5}
 
