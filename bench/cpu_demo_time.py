@@ -69,9 +69,13 @@ def main() -> None:
     sampler.join()
     if code:
         sys.exit(f"cpu demo: `{' '.join(command)}` failed with exit status {code}")
-    timings = json.loads(next(Path(runs).glob("*/demo/timings.json")).read_text())
-    print(f"\ncpu demo: {total:.0f} s wall on {os.cpu_count()} cores ({'cold: the base model built inside' if args.cold else 'model cache as found'}); "
-          f"stages (s) {timings}")
+    demo_dir = next(Path(runs).glob("*/demo"))
+    timings = json.loads((demo_dir / "timings.json").read_text())
+    cpu = json.loads((demo_dir / "cpu_seconds.json").read_text())
+    cache = "cold: the base model built inside" if args.cold else "model cache as found"
+    print(f"\ncpu demo: {total:.0f} s wall on {os.cpu_count()} cores ({cache}); stages (s) {timings}")
+    print(f"CPU seconds per stage {cpu} (total {sum(cpu.values()):.0f}; on {os.cpu_count()} busy cores at least "
+          f"{sum(cpu.values()) / os.cpu_count():.0f} s of wall time; more wall time means other load or idle cores)")
     import resource
 
     single = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # kB on Linux; catches short spikes

@@ -207,3 +207,18 @@ def test_quote_metrics_are_nan_when_nothing_is_quoted(scored_reference):
     ci = pd.read_csv(out / "ci.csv")
     row = ci[(ci.metric == "quote_grounding") & (ci.part == "full")].iloc[0]
     assert row.questions == 0 and math.isnan(row["mean"])
+
+
+def test_demo_table_shows_intervals_and_says_why_a_value_is_missing(tmp_path):
+    from raftune.evaluate.stage import TABLE, results_table
+
+    rows = [{"model": m, "part": part, "metric": metric, "mean": mean, "ci_low": mean - 0.1, "ci_high": mean + 0.1}
+            for m, quotes in (("base", float("nan")), ("extractive-baseline", 1.0)) for part in ("full", "final")
+            for _, metric, _ in TABLE for mean in [quotes if metric == "quote_grounding" else 0.5]]
+    pd.DataFrame(rows).to_csv(tmp_path / "ci.csv", index=False)
+    pd.DataFrame({"tokens_per_s": [40.0, float("nan")]}, index=["base", "extractive-baseline"]).to_csv(
+        tmp_path / "summary.csv")
+    lines = results_table(tmp_path).splitlines()
+    assert len(lines) == 3 and "nan" not in "\n".join(lines).lower()
+    assert "0.500 [0.400, 0.600]" in lines[1] and "n/a (no quotes)" in lines[1] and "40.0" in lines[1]
+    assert "n/a (recorded)" in lines[2] and "1.000" in lines[2]

@@ -179,7 +179,8 @@ def results_table(out: Path) -> str:
             if math.isnan(r["mean"]):
                 row[column] = f"n/a ({missing})"
             elif "CI" in column:
-                row[column] = f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+                row[column] = (f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]" if not math.isnan(r["ci_low"])
+                               else f"{r['mean']:.3f} (one test: no interval)")
             else:
                 row[column] = f"{r['mean']:.3f}"
         tokens = speed.get(model, math.nan)
