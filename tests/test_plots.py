@@ -34,7 +34,7 @@ def two_runs(tmp_path_factory):
 
 
 def test_every_figure_as_png_and_svg(two_runs, capsys):
-    assert main(["plot", "--results", str(two_runs), "--out", str(two_runs / "figures")]) == 0
+    assert main(["plots", "--results", str(two_runs), "--out", str(two_runs / "figures")]) == 0
     names = {p.name for p in (two_runs / "figures").iterdir()}
     for figure in ("heatmap", "heatmap-final", "ci", "runs"):
         assert {f"{figure}.png", f"{figure}.svg"} <= names
@@ -60,13 +60,13 @@ def test_runs_boxplot_has_one_group_per_run(two_runs):
 
 
 def test_missing_results_is_one_line(tmp_path, capsys):
-    assert main(["plot", "--results", str(tmp_path)]) == 2
+    assert main(["plots", "--results", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == (f"raftune: error: no evaluation results at {tmp_path / 'results.parquet'}; "
                                                "run `raftune evaluate` first")
 
 
 def test_plots_stage_draws_the_run(tmp_path, two_runs):
-    """`raftune plots` / `raftune plot --config`: the run's evaluate folder in, runs/<run>/plots out."""
+    """`raftune plots --config`: the run's evaluate folder in, runs/<run>/plots out."""
     import shutil
 
     config = mini_config(tmp_path, f"evaluate.history={two_runs / 'history'}")

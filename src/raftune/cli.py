@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from raftune import RaftuneError
+from raftune.config import MERGE_METHODS, MergeConfig
 
 DEFAULT_CONFIG = "configs/demo.yaml"  # SmolLM2-135M-Instruct; configs/demo-tiny.yaml: the tiny model
 
@@ -16,7 +17,8 @@ STAGES = {
     "export": "convert the merged model to GGUF with llama.cpp's converter, check and gate each file by its "
               "fidelity report (runs/<run>/export), or export one --model",
     "evaluate": "answer the test set with every model of the run and score it (runs/<run>/evaluate)",
-    "plots": "draw the models x metrics heatmap (runs/<run>/plots)",
+    "plots": "draw the evaluation figures: models x metrics heatmaps, bars with bootstrap intervals, box plots of runs "
+             "over time (PNG + SVG, runs/<run>/plots), or those of any --results folder",
 }
 
 
@@ -37,13 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Run data -> train -> merge -> export -> evaluate -> plots on one recipe "
                                       "(by default SmolLM2-135M-Instruct on the embedded corpus, configs/demo.yaml; the tiny "
                                       "model: --config configs/demo-tiny.yaml) and print one row per model.")
-    _add_config_args(demo)
+    demo.set_defaults(func=_demo)
     data = sub.add_parser("data", help="build, inspect or clean training data",
                           description="Build RAFT rows from documents, inspect any data file, or clean RAFT rows.")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    _add_config_args(data_sub.add_parser(
-        "build", help="RAFT rows from the corpus and QAC triplets (runs/<run>/data)",
-        description="Build RAFT rows (oracle + distractors, quoted chain-of-thought answers) into runs/<run>/data."))
+    build = data_sub.add_parser(
+        "build", help="RAFT rows from the corpus and QAC triplets, or the datasets data.raft/paragraphs/qac name "
+                      "(runs/<run>/data)",
+        description="Build RAFT rows (oracle + distractors, quoted chain-of-thought answers) into runs/<run>/data.")
+    _add_config_args(build)
+    build.set_defaults(func=_data_build)
     inspect = data_sub.add_parser(
         "inspect", help="shape, row count, columns, oracle share, token lengths of a data file",
         description="Load an Arrow file, save_to_disk folder, JSON or JSONL in any seed shape and describe it.")
@@ -51,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     inspect.add_argument("--tokenizer", help="tokenizer folder or hub id for token lengths (default: none, no lengths)")
     inspect.add_argument("--plot", help="with --tokenizer: write a histogram of prompt and completion tokens here")
+    inspect.set_defaults(func=_inspect)
     clean = data_sub.add_parser(
         "clean", help="check every RAFT row and write the kept rows and a report",
         description="Reject RAFT rows that are not questions, quote text not in the context, lack <ANSWER>:, ...; "
@@ -64,54 +70,51 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--min-oracle-chars", type=int, default=40, help="shortest oracle document kept (default 40)")
     clean.add_argument("--tokenizer", help="tokenizer folder or hub id for the token budget check")
     clean.add_argument("--max-tokens", type=int, help="token budget of question + documents + answer")
-    for name, text in STAGES.items():
-        stage = sub.add_parser(name, help=text, description=text)
-        _add_config_args(stage)
-        if name == "train":
-            stage.add_argument("--resume", action="store_true",
-                               help="continue from the newest complete checkpoint of the unfinished run "
-                                    "(runs/<run>/train.partial/checkpoints), else of the finished one "
-                                    "(runs/<run>/train/checkpoints), after a crash or kill; needs "
-                                    "sft.save_strategy=steps")
-        if name == "evaluate":
-            stage.add_argument("--testset", help="test set: the seed's evaluation JSON or RAFT rows (default: "
-                                                 "evaluate.testset of the recipe)")
-            stage.add_argument("--answers", help="score this recorded-answers JSONL alone ({model, test_id, "
-                                                 "question_id, answer} per line), no model is run; needs --out")
-            stage.add_argument("--out", help="with --answers: the output folder")
-            stage.add_argument("--retrieval-report", action="store_true",
-                               help="measure every retriever (dense embedders, BM25, hybrid) on the test set: "
-                                    "hit@1/3/5 of the cited passage, side by side; no model is run")
-        if name == "merge":
-            stage.add_argument("--adapter", help="merge this adapter folder alone, instead of the run's (needs --out)")
-            stage.add_argument("--out", help="with --adapter: the merged model folder to write")
-            stage.add_argument("--method", choices=["pristine", "dequantized"],
-                               help="dequantized (default): into the NF4 base the adapter was trained against; pristine: into "
-                                    "the original full-precision base (in a run: default the recipe's merge.method)")
-            stage.add_argument("--base", help="with --adapter: the full-precision base (default: the adapter's own)")
-            stage.add_argument("--unsafe-4bit", action="store_true",
-                               help="merge inside the 4-bit model (rounds the weights again; only to reproduce "
-                                    "that failure)")
-        if name == "export":
-            stage.add_argument("--model", help="export this HF model folder alone, instead of the run's (needs --out)")
-            stage.add_argument("--out", help="with --model or --adapter: the .gguf file to write")
-            stage.add_argument("--type", default="f16",
-                               help="with --model: f32, f16, bf16, q8_0 (converter) or q4_k_m, q5_k_m, q6_k, ... "
-                                    "(llama.cpp quantisation) (default f16)")
-            stage.add_argument("--adapter", help="write this PEFT adapter as a GGUF LoRA (with --base-model)")
-            stage.add_argument("--base-model", help="with --adapter: the base model folder the adapter belongs to")
-    plot = sub.add_parser("plot", help="heatmap, bars with bootstrap CIs, box plots of runs over time (PNG + SVG)",
-                          description="Draw the evaluation figures of the recipe's run (runs/<run>/plots), or of any "
-                                      "results folder with --results (e.g. the --out of `raftune evaluate --answers`).")
-    _add_config_args(plot)
-    plot.add_argument("--results", help="a folder holding results.parquet (default: runs/<run>/evaluate)")
-    plot.add_argument("--out", help="with --results: where the figures go (default: RESULTS/plots)")
+    clean.set_defaults(func=_clean)
+    stage = sub.add_parser("train", help=STAGES["train"], description=STAGES["train"])
+    stage.add_argument("--resume", action="store_true",
+                       help="continue from the newest complete checkpoint of the unfinished run "
+                            "(runs/<run>/train.partial/checkpoints), else of the finished one "
+                            "(runs/<run>/train/checkpoints), after a crash or kill; needs sft.save_strategy=steps")
+    stage.set_defaults(func=_train)
+    stage = sub.add_parser("merge", help=STAGES["merge"], description=STAGES["merge"])
+    stage.add_argument("--adapter", help="merge this adapter folder alone, instead of the run's (needs --out)")
+    stage.add_argument("--out", help="with --adapter: the merged model folder to write")
+    stage.add_argument("--method", choices=MERGE_METHODS,
+                       help=f"dequantized: into the NF4 base the adapter was trained against; pristine: into the "
+                            f"original full-precision base (default: the recipe's merge.method, else {MergeConfig.method})")
+    stage.add_argument("--base", help="with --adapter: the full-precision base (default: the adapter's own)")
+    stage.add_argument("--unsafe-4bit", action="store_true",
+                       help="merge inside the 4-bit model (rounds the weights again; only to reproduce that failure)")
+    stage.set_defaults(func=_merge)
+    stage = sub.add_parser("export", help=STAGES["export"], description=STAGES["export"])
+    stage.add_argument("--model", help="export this HF model folder alone, instead of the run's (needs --out)")
+    stage.add_argument("--out", help="with --model or --adapter: the .gguf file to write")
+    stage.add_argument("--type", default="f16",
+                       help="with --model: f32, f16, bf16, q8_0 (converter) or q4_k_m, q5_k_m, q6_k, ... "
+                            "(llama.cpp quantisation) (default f16)")
+    stage.add_argument("--adapter", help="write this PEFT adapter as a GGUF LoRA (with --base-model)")
+    stage.add_argument("--base-model", help="with --adapter: the base model folder the adapter belongs to")
+    stage.set_defaults(func=_export)
+    stage = sub.add_parser("evaluate", help=STAGES["evaluate"], description=STAGES["evaluate"])
+    stage.add_argument("--testset", help="test set: the seed's evaluation JSON or RAFT rows (default: "
+                                         "evaluate.testset of the recipe)")
+    stage.add_argument("--answers", help="score this recorded-answers JSONL alone ({model, test_id, "
+                                         "question_id, answer} per line), no model is run; needs --out")
+    stage.add_argument("--out", help="with --answers: the output folder")
+    stage.add_argument("--retrieval-report", action="store_true",
+                       help="measure every retriever (dense embedders, BM25, hybrid) on the test set: "
+                            "hit@1/3/5 of the cited passage, side by side; no model is run")
+    stage.set_defaults(func=_evaluate)
+    stage = sub.add_parser("plots", help=STAGES["plots"], description=STAGES["plots"])
+    stage.add_argument("--results", help="a folder holding results.parquet (default: runs/<run>/evaluate)")
+    stage.add_argument("--out", help="with --results: where the figures go (default: RESULTS/plots)")
+    stage.set_defaults(func=_plots)
     for name, text in (("serve", "answer from the documents over an OpenAI-compatible API and a web page"),
                        ("chat", "answer from the documents in the terminal, one question a line")):
         tool = sub.add_parser(name, help=text, description=(
             text + ": retrieve the top_k passages, render the prompt the model was trained and evaluated with, "
             "generate with the GGUF (greedy), show the answer with its sources."))
-        _add_config_args(tool)
         tool.add_argument("--gguf", help="the GGUF to answer with (default: the run's best GGUF that passed its "
                                          "fidelity report)")
         tool.add_argument("--tokenizer", help="HF folder whose chat template renders the prompts (default: the "
@@ -123,11 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
             tool.add_argument("--port", type=int, default=8000, help="port (default 8000)")
             tool.add_argument("--queue", type=int, default=4,
                               help="requests that may wait while one is answered; more get HTTP 503 (default 4)")
+        tool.set_defaults(func=_assistant)
     fid = sub.add_parser(
         "fidelity", help="compare a GGUF with its HF model: tokenisation, logits (NMSE, KL, top-1), greedy text",
         description="Run the fidelity report of a GGUF against the HF folder it was made from, on the recipe's "
                     "test-set prompts (or --prompts), and write it as JSON.")
-    _add_config_args(fid)
     fid.add_argument("--hf", required=True, help="the HF model folder (reference)")
     fid.add_argument("--gguf", required=True, help="the GGUF file to check")
     fid.add_argument("--prompts", help='JSONL of {"question", "documents"} (default: the test set with retrieved context)')
@@ -136,22 +139,64 @@ def build_parser() -> argparse.ArgumentParser:
     fid.add_argument("--mode", default="template", choices=["template", "raw", "double-bos", "text-control"],
                      help="how llama.cpp is prompted: template (right), or one of the seed's mistakes on purpose")
     fid.add_argument("--json", required=True, help="where to write the JSON report")
+    fid.set_defaults(func=_fidelity)
+    for name in ("demo", "train", "merge", "export", "evaluate", "plots", "serve", "chat", "fidelity"):
+        _add_config_args(sub.choices[name])  # every command that reads a recipe (data build adds its own)
     return parser
 
 
-def _merge_tool(args) -> int:
-    from raftune.merge import describe, merge
+def _config(args):
+    from raftune.config import load_config
 
+    return load_config(args.config, args.overrides)
+
+
+def _demo(args):
+    from raftune.pipeline import run_all
+
+    run_all(_config(args))
+
+
+def _data_build(args):
+    from raftune.data.stage import run
+
+    run(_config(args))
+
+
+def _plots(args):
+    from raftune.plots import run
+
+    run(_config(args), args.results, args.out)
+
+
+def _train(args):
+    from raftune.train import run
+
+    run(_config(args), resume=args.resume)
+
+
+def _merge(args):
+    from raftune.merge import describe, merge, run
+
+    if not args.adapter:
+        config = _config(args)
+        config.merge.method = args.method or config.merge.method
+        run(config)
+        return
     if not args.out:
         raise RaftuneError("merge --adapter needs --out DIR")
-    report = merge(args.adapter, args.out, args.method or "dequantized", unsafe_4bit=args.unsafe_4bit, base=args.base)
+    report = merge(args.adapter, args.out, args.method or MergeConfig.method, unsafe_4bit=args.unsafe_4bit,
+                   base=args.base)
     print(f"merge ({report['method']}): {args.out} ({describe(report)}); per layer: {args.out}/merge_report.json")
-    return 0
 
 
-def _export_tool(args, config) -> int:
+def _export(args):
     from raftune.export import stage
 
+    config = _config(args)
+    if not (args.model or args.adapter):
+        stage.run(config)
+        return
     if not args.out:
         raise RaftuneError("export --model/--adapter needs --out FILE.gguf")
     if args.adapter:
@@ -159,10 +204,29 @@ def _export_tool(args, config) -> int:
             raise RaftuneError("export --adapter needs --base-model DIR")
         facts = stage.export_lora(args.adapter, args.base_model, args.out)
         print(f"export: wrote GGUF LoRA {facts['path']} ({facts['bytes'] / 1e6:.1f} MB)")
-        return 0
+        return
     stage.run_one(args.model, args.out, args.type.lower(), lambda: _fidelity_prompts(config, args.model, None),
                   config.export.limits(), config.export.greedy_tokens)
-    return 0
+
+
+def _evaluate(args):
+    from raftune.evaluate import stage
+
+    config = _config(args)
+    if args.testset:
+        config.evaluate.testset = args.testset
+    if args.retrieval_report:
+        from raftune.data.retrieval import run_comparison
+
+        print(run_comparison(config), end="")
+        return
+    if args.answers:
+        if not args.out:
+            raise RaftuneError("evaluate --answers needs --out DIR (where the scores go)")
+        summary = stage.score_file(config, config.evaluate.testset, args.answers, args.out)
+    else:
+        summary = stage.run(config)
+    print(summary.to_string())
 
 
 def _fidelity_prompts(config, hf_dir, prompts_file):
@@ -177,10 +241,11 @@ def _fidelity_prompts(config, hf_dir, prompts_file):
                                      config.evaluate.top_k, config.export.fidelity_prompts)
 
 
-def _fidelity_tool(args, config) -> int:
+def _fidelity(args):
     from raftune.export import fidelity
     from raftune.manifest import write_json
 
+    config = _config(args)
     references = fidelity.load_references_file(args.references) if args.references else None
     report = fidelity.compare(args.hf, args.gguf, _fidelity_prompts(config, args.hf, args.prompts), mode=args.mode,
                               greedy_tokens=config.export.greedy_tokens, references=references)
@@ -190,18 +255,17 @@ def _fidelity_tool(args, config) -> int:
     print(fidelity.markdown_table([report]), end="")
     if problems:
         raise RaftuneError(f"{args.gguf}: fidelity gate failed: {'; '.join(problems)} (report: {args.json})")
-    return 0
 
 
-def _assistant_tool(args, config) -> int:
+def _assistant(args):
     from raftune.serve.assistant import Assistant, QuestionError
 
-    assistant = Assistant(config, args.gguf, args.tokenizer, args.allow_failed)
+    assistant = Assistant(_config(args), args.gguf, args.tokenizer, args.allow_failed)
     if args.command == "serve":
         from raftune.serve.app import serve
 
         serve(assistant, args.host, args.port, args.queue)
-        return 0
+        return
     print(f"chat: {assistant.gguf}; one question a line, Ctrl-D ends", file=sys.stderr)
     for line in sys.stdin:
         if not line.strip():
@@ -217,88 +281,42 @@ def _assistant_tool(args, config) -> int:
             print(f"  [{n}] {source['document']}, page {source['page']} (score {source['score']:.2f}): "
                   f"{source['text'][:160]}")
         print(flush=True)
-    return 0
 
 
-def _data_tool(args) -> int:
+def _tokenizer(args):
+    if not args.tokenizer:
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(args.tokenizer)
+    except Exception as err:  # noqa: BLE001 - transformers raises OSError, ValueError, HFValidationError, ...
+        raise RaftuneError(f"--tokenizer {args.tokenizer}: not a tokenizer folder or hub id that loads "
+                           f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})") from None
+
+
+def _inspect(args):
     import json
 
-    tokenizer = None
-    if args.tokenizer:
-        from transformers import AutoTokenizer
+    from raftune.data.inspect import format_report, inspect
 
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-        except Exception as err:  # noqa: BLE001 - transformers raises OSError, ValueError, HFValidationError, ...
-            raise RaftuneError(f"--tokenizer {args.tokenizer}: not a tokenizer folder or hub id that loads "
-                               f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})") from None
-    if args.data_command == "inspect":
-        from raftune.data.inspect import format_report, inspect
+    report = inspect(args.path, _tokenizer(args), args.plot)
+    print(json.dumps(report, ensure_ascii=False) if args.json else format_report(report))
 
-        report = inspect(args.path, tokenizer, args.plot)
-        print(json.dumps(report, ensure_ascii=False) if args.json else format_report(report))
-    else:
-        from raftune.data.clean import clean
 
-        report = clean(args.path, args.out, repair=args.repair, skip_bad=args.skip_bad,
-                       min_oracle_chars=args.min_oracle_chars, tokenizer=tokenizer, max_tokens=args.max_tokens)
-        print(f"{report['rows_read']} rows read, {report['kept']} kept, rejected {report['rejected']}; "
-              f"report: {args.out}/report.md")
-    return 0
+def _clean(args):
+    from raftune.data.clean import clean
+
+    report = clean(args.path, args.out, repair=args.repair, skip_bad=args.skip_bad,
+                   min_oracle_chars=args.min_oracle_chars, tokenizer=_tokenizer(args), max_tokens=args.max_tokens)
+    print(f"{report['rows_read']} rows read, {report['kept']} kept, rejected {report['rejected']}; "
+          f"report: {args.out}/report.md")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "data" and args.data_command != "build":
-            return _data_tool(args)
-        from raftune.config import load_config
-
-        if args.command == "merge" and args.adapter:
-            return _merge_tool(args)
-        config = load_config(args.config, args.overrides)
-        if args.command == "export" and (args.model or args.adapter):
-            return _export_tool(args, config)
-        if args.command == "fidelity":
-            return _fidelity_tool(args, config)
-        if args.command in ("serve", "chat"):
-            return _assistant_tool(args, config)
-        if args.command == "merge" and args.method:
-            config.merge.method = args.method
-        if args.command == "data":
-            from raftune.data.stage import run
-
-            run(config)
-        elif args.command == "demo":
-            from raftune.pipeline import run_all
-
-            run_all(config)
-        elif args.command == "plot":
-            from raftune.plots import run
-
-            run(config, args.results, args.out)
-        elif args.command == "evaluate":
-            from raftune.evaluate import stage as evaluate_stage
-
-            if args.testset:
-                config.evaluate.testset = args.testset
-            if args.retrieval_report:
-                from raftune.data.retrieval import run_comparison
-
-                print(run_comparison(config), end="")
-                return 0
-            if args.answers:
-                if not args.out:
-                    raise RaftuneError("evaluate --answers needs --out DIR (where the scores go)")
-                summary = evaluate_stage.score_file(config, config.evaluate.testset, args.answers, args.out)
-            else:
-                summary = evaluate_stage.run(config)
-            print(summary.to_string())
-        else:
-            from raftune.pipeline import STAGES as RUNNERS
-
-            runner = dict(RUNNERS)[args.command]
-            runner(config, resume=True) if getattr(args, "resume", False) else runner(config)
+        args.func(args)
     except RaftuneError as err:
         print(f"raftune: error: {err}", file=sys.stderr)
         return 2

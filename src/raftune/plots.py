@@ -167,7 +167,7 @@ def history_of(config) -> pd.DataFrame:
 
 
 def run(config, results: str | Path | None = None, out: str | Path | None = None):
-    """The plots stage (runs/<run>/plots), or `raftune plot --results DIR --out DIR` for any results folder."""
+    """The plots stage (runs/<run>/plots), or `raftune plots --results DIR --out DIR` for any results folder."""
     if results is None:
         stage = Stage(config, "plots", {"results": str(config.stage_dir("evaluate") / "results.parquet")})
         stage.outputs = plot_results(config.stage_dir("evaluate"), stage.dir, history_of(config), config.run)
