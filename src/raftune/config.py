@@ -357,10 +357,11 @@ def validate(config: RunConfig, origins: dict, source: str) -> None:
 
 
 def _library_fields() -> dict[str, set[str]]:
+    import inspect
+
     from peft import LoraConfig
     from transformers import BitsAndBytesConfig
     from trl import SFTConfig
-    import inspect
 
 
     return {

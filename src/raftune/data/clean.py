@@ -12,7 +12,7 @@ from pathlib import Path
 
 from raftune import RaftuneError
 from raftune.answer import has_final_answer, quoted, quotes
-from raftune.data.formats import Row, load_rows, squash
+from raftune.data.formats import Row, load_rows, read_records, squash
 from raftune.manifest import make_dir, write_json, write_jsonl, write_text
 
 # Text a question generator writes instead of a question (the seed's "Your request seems unclear...").
@@ -98,7 +98,6 @@ def clean(path: str | Path, out: str | Path, repair: bool = False, skip_bad: boo
     shape, rows, skipped, _ = load_rows(path, skip_bad=skip_bad)
     if not shape.startswith("raft"):
         raise RaftuneError(f"{path}: cleaning needs RAFT rows, found shape '{shape}'")
-    from raftune.data.formats import read_records
 
     records, _ = read_records(path)
     bad = {s["row"] for s in skipped}

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from raftune import RaftuneError
+from raftune.data.embedders import embedding_tokenizer
+from raftune.data.pdf import chunk, clean_pages, pdf_pages, sentences
 
 
 @dataclass
@@ -65,8 +67,6 @@ def load_text(path: Path) -> list[Chunk]:
 
 def load_pdf(path: Path, size: int, overlap: int) -> list[Chunk]:
     """Cleaned text (no headers, footers or table of contents) in chunks of `size` embedder tokens."""
-    from raftune.data.pdf import chunk, clean_pages, pdf_pages, sentences
-    from raftune.data.embedders import embedding_tokenizer
 
     tokenizer = embedding_tokenizer()
     count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from raftune import RaftuneError
 from raftune.chat import user_message
+from raftune.data.clean import clean
 from raftune.data.formats import RAFT_FIELDS, detect_shape, load_rows, read_records, squash
 from raftune.data.raft import split_by_question, split_by_row
 
@@ -53,7 +54,6 @@ def _question_indices(questions: list[str]) -> list[int]:
 
 def raft_rows(path, mode: str, out: Path) -> tuple[list[dict], dict]:
     """RAFT rows of the file in raftune's layout (the columns `data build` writes), and what cleaning did."""
-    from raftune.data.clean import clean
 
     if mode not in CLEAN_MODES:
         raise RaftuneError(f"data.clean must be one of {', '.join(CLEAN_MODES)}, got '{mode}'")

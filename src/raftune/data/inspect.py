@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from raftune.data.formats import load_rows
+from raftune.figures import length_histogram
 
 
 def token_lengths(rows, tokenizer) -> dict[str, list[int]]:
@@ -37,7 +38,6 @@ def inspect(path: str | Path, tokenizer=None, plot: str | Path | None = None) ->
         lengths = token_lengths(rows, tokenizer)
         report["tokens"] = {name: percentiles(values) for name, values in lengths.items()}
         if plot:
-            from raftune.figures import length_histogram
 
             report["plot"] = str(length_histogram(lengths, Path(plot)))
     return report

@@ -29,7 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from raftune import RaftuneError
+from raftune.data.corpus import corpus_chunks
 from raftune.data.embedders import dense_encoders
+from raftune.data.testset import load_testset
+from raftune.manifest import write_json, write_text
 
 RETRIEVERS = ("dense", "bm25", "hybrid")
 DENSE_MODELS = ("multilingual-e5-small", "use-multilingual-v3", "all-MiniLM-L6-v2")
@@ -129,7 +132,6 @@ def cached_embeddings(encode_passages, name: str, chunks, folder: Path) -> np.nd
 def build_retriever(config, chunks=None) -> Retriever:
     """The retriever the recipe's `evaluate` section names, over its corpus chunks (or the chunks given): the one
     every answering path retrieves with. Dense passage embeddings are cached beside the run."""
-    from raftune.data.corpus import corpus_chunks
 
     chunks = corpus_chunks(config.data) if chunks is None else chunks
     cfg = config.evaluate
@@ -214,9 +216,6 @@ def format_comparison(rows: list[dict], title: str, configured: str | None = Non
 def run_comparison(config) -> str:
     """`raftune evaluate --retrieval-report`: every retriever on the recipe's test set and corpus, as a markdown
     table (also written to runs/<run>/evaluate/retrievers.md and .json); the configured one is marked."""
-    from raftune.data.corpus import corpus_chunks
-    from raftune.data.testset import load_testset
-    from raftune.manifest import write_json, write_text
 
     cfg = config.evaluate
     items = load_testset(cfg.testset)

@@ -9,10 +9,10 @@ Formats (each train/eval JSONL, plus the `hf` rows as an Arrow `save_to_disk` fo
 
 from __future__ import annotations
 
-from datasets import Dataset, DatasetDict
 from datasets.utils.logging import disable_progress_bar
 from tqdm import tqdm
 
+from datasets import Dataset, DatasetDict
 from raftune.chat import messages
 from raftune.config import RunConfig
 from raftune.data import given

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raftune import RaftuneError
+from raftune.data.formats import load_rows, read_records
 
 
 @dataclass
@@ -87,7 +88,6 @@ def load_seed_testset(path: Path, data) -> list[Item]:
 
 def load_raft_testset(path: Path) -> list[Item]:
     """One Item per RAFT row; test id = the question (raftune's question_index, else the question text)."""
-    from raftune.data.formats import load_rows, read_records
 
     _, rows, _, _ = load_rows(path)
     records, _ = read_records(path)

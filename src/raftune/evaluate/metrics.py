@@ -23,8 +23,8 @@ import sacrebleu
 from rapidfuzz.distance import Levenshtein
 from rouge_score import rouge_scorer
 
-from raftune.data.clean import quote_status
 from raftune.answer import quotes
+from raftune.data.clean import quote_status
 
 # The seed's weights (its promptfoo config); their weighted average is its headline number. Order = heatmap order.
 WEIGHTS = {"edit_similarity": 1.0, "keyword_score": 1.5, "rouge_1": 0.5, "rouge_2": 0.5, "rouge_l": 0.5,

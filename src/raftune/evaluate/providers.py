@@ -26,7 +26,9 @@ from pathlib import Path
 from raftune import RaftuneError
 from raftune.chat import encode, render_prompt, user_message
 from raftune.data.generators import api_error
+from raftune.llama_runtime import open_gguf
 from raftune.manifest import strip_credentials
+from raftune.models import load_tokenizer
 
 
 @dataclass
@@ -86,7 +88,6 @@ class HFProvider:
     def __init__(self, spec: dict, max_new_tokens: int, batch_size: int, quantization: dict | None = None):
         import torch
 
-        from raftune.models import load_tokenizer
 
         self.spec, self.name, self.max_new_tokens = spec, spec["name"], max_new_tokens
         self.batch_size = int(spec.get("batch_size", batch_size))
@@ -160,7 +161,6 @@ def gguf_tokens(llm, prompt: str) -> list[int]:
 
 class GGUFProvider:
     def __init__(self, spec: dict, max_new_tokens: int):
-        from raftune.models import load_tokenizer
 
         self.spec, self.name, self.max_new_tokens = spec, spec["name"], max_new_tokens
         self.tokenizer = load_tokenizer(spec["tokenizer"])
@@ -171,7 +171,6 @@ class GGUFProvider:
         return render_prompt(self.tokenizer, question, documents)
 
     def generate(self, prompts: list[str]):
-        from raftune.llama_runtime import open_gguf
 
         if self.llm is None:
             self.llm = open_gguf(self.spec["path"], n_ctx=int(self.spec.get("n_ctx", 4096)))
@@ -201,7 +200,6 @@ class OpenAIProvider:
             if not spec.get("tokenizer"):
                 raise RaftuneError(f"model '{self.name}': api completions needs 'tokenizer' (the served model's "
                                    f"HF folder), whose chat template renders the prompt")
-            from raftune.models import load_tokenizer
 
             self.tokenizer = load_tokenizer(spec["tokenizer"])
         key_env = spec.get("api_key_env", "OPENAI_API_KEY")

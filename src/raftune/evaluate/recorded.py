@@ -14,6 +14,13 @@ import math
 from pathlib import Path
 
 from raftune import RaftuneError
+from raftune.answer import format_answer
+from raftune.config import load_config
+from raftune.data.raft import split_sentences
+from raftune.data.retrieval import contexts
+from raftune.data.testset import load_testset
+from raftune.evaluate.providers import Answer
+from raftune.manifest import write_jsonl
 
 FIELDS = {"model": str, "test_id": int, "question_id": int, "answer": str}
 SHAPE = '{"model": str, "test_id": int, "question_id": int, "answer": str}'
@@ -75,22 +82,19 @@ def recorded_models(spec: dict, items) -> dict[str, dict]:
 
 
 def recorded_answer(record: dict):
-    from raftune.evaluate.providers import Answer
 
     seconds = record.get("seconds")
     return Answer(record["answer"], int(record.get("new_tokens") or 0),
                   float(seconds) if seconds is not None else math.nan)
 
 
-def extractive_baseline(items, contexts) -> list[dict]:
+def extractive_baseline(items, retrieved) -> list[dict]:
     """A no-model baseline: the sentence of the top passage that best matches the question (rapidfuzz)."""
     from rapidfuzz import fuzz
 
-    from raftune.answer import format_answer
-    from raftune.data.raft import split_sentences
 
     rows = []
-    for item, passages in zip(items, contexts):
+    for item, passages in zip(items, retrieved):
         sentences = split_sentences(passages[0].text) if passages else [""]
         best = max(sentences, key=lambda s: fuzz.token_set_ratio(item.question, s))
         rows.append({"model": "extractive-baseline", "test_id": item.test_id, "question_id": item.question_id,
@@ -100,9 +104,6 @@ def extractive_baseline(items, contexts) -> list[dict]:
 
 def write_extractive_baseline(config, out: str | Path) -> int:
     """The baseline's answers for the recipe's test set, with the evaluation's own retrieval (top_k passages)."""
-    from raftune.data.retrieval import contexts
-    from raftune.data.testset import load_testset
-    from raftune.manifest import write_jsonl
 
     items = load_testset(config.evaluate.testset)
     context, _ = contexts(config, items)
@@ -119,7 +120,6 @@ def write_extractive_baseline(config, out: str | Path) -> int:
 if __name__ == "__main__":  # python -m raftune.evaluate.recorded CONFIG OUT [key=value ...]
     import sys
 
-    from raftune.config import load_config
 
     count = write_extractive_baseline(load_config(sys.argv[1], sys.argv[3:]), sys.argv[2])
     print(f"{count} extractive-baseline answers -> {sys.argv[2]}")

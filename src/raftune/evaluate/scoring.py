@@ -9,8 +9,7 @@ import numpy as np
 import pandas as pd
 
 from raftune.answer import final_answer, has_final_answer
-from raftune.evaluate.metrics import (METRICS, citation, cosine, quote_grounding, text_scores,
-                                      weighted_average)
+from raftune.evaluate.metrics import METRICS, citation, cosine, quote_grounding, text_scores, weighted_average
 
 PARTS = ("full", "final")
 KEYS = ["model", "test_id", "question_id", "part"]

@@ -23,17 +23,18 @@ import pandas as pd
 from tqdm import tqdm
 
 from raftune import RaftuneError
-from raftune.config import RunConfig, config_to_dict
-from raftune.data.generators import ResponseCache
 from raftune.answer import final_answer
+from raftune.config import RunConfig, config_to_dict
+from raftune.data.embedders import load_embedder
+from raftune.data.generators import ResponseCache
+from raftune.data.retrieval import contexts
+from raftune.data.testset import load_testset
 from raftune.evaluate.providers import Answer, check_spec, make_provider
 from raftune.evaluate.recorded import recorded_answer, recorded_models
 from raftune.evaluate.results import config_hash, new_run_id, tidy, write_results
-from raftune.data.embedders import load_embedder
-from raftune.data.retrieval import contexts
 from raftune.evaluate.scoring import bootstrap_ci, score_rows, summarise
-from raftune.data.testset import load_testset
 from raftune.manifest import Stage, library_versions, strip_credentials, write_json, write_jsonl, write_text
+from raftune.models import resolve_base
 
 # the columns `raftune demo` prints; every metric is in summary.csv
 SHOWN = ["keyword_score", "cosine", "rouge_l", "weighted", "weighted_q", "final_weighted", "quote_grounding",
@@ -42,7 +43,6 @@ SHOWN = ["keyword_score", "cosine", "rouge_l", "weighted", "weighted_q", "final_
 
 def models_of_run(config: RunConfig) -> list[dict]:
     """Base, finetuned (merged HF) and each exported GGUF that exists; prompts use each source's chat template."""
-    from raftune.models import resolve_base
 
     base = resolve_base(config)
     models = [{"name": "base", "kind": "hf", "path": base}]

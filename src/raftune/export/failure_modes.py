@@ -17,6 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from raftune import merge, train
+from raftune.data.retrieval import build_retriever
+from raftune.export import fidelity
+from raftune.export.stage import export, references
+from raftune.manifest import write_json
+from raftune.models import load_tokenizer, resolve_base, save_tokenizer
+
 
 def rewrite_gguf(src, dst, tensor_fn=None, token_types: dict[str, int] | None = None) -> Path:
     """Copy a GGUF with the `gguf` writer, changing tensors (`tensor_fn(name, array) -> array`) or token types."""
@@ -76,7 +83,6 @@ def overflowing_copy(model_dir, out_dir, factor: float = 1e6, layer: int = 0) ->
     The product is unchanged (the MLP is linear in up_proj), and bf16 holds the large values; float16 does not."""
     from transformers import AutoModelForCausalLM
 
-    from raftune.models import load_tokenizer, save_tokenizer
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     mlp = model.model.layers[layer].mlp
@@ -121,12 +127,6 @@ def run_all(config) -> dict:
     import json
     import shutil
 
-    from raftune import merge, train
-    from raftune.data.retrieval import build_retriever
-    from raftune.export import fidelity
-    from raftune.export.stage import export, references
-    from raftune.manifest import write_json
-    from raftune.models import load_tokenizer, resolve_base
 
     model_dir, export_dir = config.stage_dir("merge") / "model", config.stage_dir("export")
     f16, adapter = export_dir / "model-f16.gguf", config.stage_dir("train") / "adapter"

@@ -35,7 +35,12 @@ from tqdm import tqdm
 from raftune import RaftuneError
 from raftune.chat import encode, render_example, render_prompt, user_message
 from raftune.config import ExportConfig
+from raftune.data.formats import read_records
+from raftune.data.testset import load_testset
+from raftune.export.gguf_check import read_gguf
+from raftune.llama_runtime import open_gguf
 from raftune.manifest import make_dir
+from raftune.models import load_model, load_tokenizer
 
 MODES = ("template", "raw", "double-bos", "text-control")
 # The gate of `raftune export`: NMSE and top-1 for the lossless types; tokenisation and the EOS check for every
@@ -50,7 +55,6 @@ QUANT_TOLERANCE = {"top1_points": 0.01, "kl_ratio": 1.5}
 def gguf_type(path) -> str:
     from gguf import LlamaFileType
 
-    from raftune.export.gguf_check import read_gguf
 
     field = read_gguf(path).fields.get("general.file_type")
     if field is None:
@@ -62,7 +66,6 @@ def gguf_type(path) -> str:
 def fidelity_prompts(tokenizer, testset: str, retriever, top_k: int, limit: int | None = None):
     """(question, documents) of the first phrasing of each test, with the context `retriever` (the recipe's,
     `build_retriever`) finds for it: as evaluation sees them."""
-    from raftune.data.testset import load_testset
 
     items, seen = [], set()
     for item in load_testset(testset):
@@ -159,7 +162,6 @@ def eos_after_references(model, tokenizer, references, llm=None) -> dict:
 
 def base_eos_probability(base_dir, references) -> float:
     """The untouched base's P(EOS) after the same reference answers: what finetuning should raise, never lower."""
-    from raftune.models import load_model, load_tokenizer
 
     model = load_model(str(base_dir)).eval()
     return eos_after_references(model, load_tokenizer(str(base_dir)), references)["eos_probability_hf"]
@@ -170,8 +172,6 @@ def compare(hf_dir, gguf_path, prompts: list[tuple[str, list[str]]], mode: str =
             references: list[tuple[str, list[str], str]] | None = None) -> dict:
     """The fidelity report of one GGUF against its HF folder on (question, documents) prompts, and on
     (question, documents, answer) references for the EOS check."""
-    from raftune.llama_runtime import open_gguf
-    from raftune.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(str(hf_dir))
     model = load_model(str(hf_dir)).eval()
@@ -320,7 +320,6 @@ def load_references_file(path) -> list[tuple[str, list[str], str]]:
 
 def _jsonl_rows(path, fields: tuple[str, ...]) -> list[dict]:
     """The rows of a JSONL (or JSON list) file, read by the data loader, each checked for `fields`."""
-    from raftune.data.formats import read_records
 
     rows, _ = read_records(path)
     for n, row in enumerate(rows):

@@ -11,6 +11,8 @@ import torch
 
 from raftune.chat import encode, render_prompt
 from raftune.export.fidelity import logit_stats
+from raftune.merge import adapter_training_setup
+from raftune.models import load_model, load_tokenizer
 
 
 def _logits(model, ids: list[int]) -> np.ndarray:
@@ -23,8 +25,6 @@ def agreement_with_trained(adapter_dir, merged: dict, rows, prompts: int = 4) ->
     the first `prompts` RAFT rows (question + documents)."""
     from peft import PeftModel
 
-    from raftune.merge import adapter_training_setup
-    from raftune.models import load_model, load_tokenizer
 
     base, quantization = adapter_training_setup(adapter_dir)
     tokenizer = load_tokenizer(str(adapter_dir))

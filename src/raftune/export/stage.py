@@ -14,10 +14,13 @@ from pathlib import Path
 
 from raftune import RaftuneError
 from raftune.config import RunConfig
+from raftune.data.retrieval import build_retriever
 from raftune.export import fidelity
 from raftune.export.converter import convert, convert_lora, quantize, source_info
 from raftune.export.gguf_check import check_gguf
 from raftune.manifest import Stage, make_dir, sha256_file, write_json, write_text
+from raftune.models import load_tokenizer, resolve_base
+from raftune.train import load_examples
 
 CONVERTER_TYPES = {"f32", "f16", "bf16", "q8_0"}
 
@@ -68,7 +71,6 @@ def export_lora(adapter_dir, base_dir, out_path) -> dict:
 
 def write_usage(gguf_path: Path, model_dir: Path) -> None:
     """A llama.cpp command line and an Ollama Modelfile with the training chat template and its stop token."""
-    from raftune.models import load_tokenizer
 
     tokenizer = load_tokenizer(str(model_dir))
     # Render the template around a placeholder to get its exact text; the runtime adds BOS itself.
@@ -97,7 +99,6 @@ def fail(path: Path) -> Path:
 def references(config: RunConfig) -> list[tuple[str, list[str], str]] | None:
     """Held-out (question, documents, reference answer) rows for the EOS check, as the model was trained on them;
     none for the docs approach (plain text, no answer turn that ends in EOS)."""
-    from raftune.train import load_examples
 
     if config.train.approach == "docs":
         return None
@@ -110,8 +111,6 @@ def references(config: RunConfig) -> list[tuple[str, list[str], str]] | None:
 
 
 def run(config: RunConfig):
-    from raftune.data.retrieval import build_retriever
-    from raftune.models import load_tokenizer, resolve_base
 
     model_dir = config.stage_dir("merge") / "model"
     if not (model_dir / "config.json").is_file():

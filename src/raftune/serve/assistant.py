@@ -14,7 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from raftune import RaftuneError
+from raftune.answer import final_answer
 from raftune.chat import render_prompt
+from raftune.data.retrieval import build_retriever
+from raftune.evaluate.providers import GGUF_SAMPLING, gguf_tokens
+from raftune.llama_runtime import open_gguf
+from raftune.models import load_tokenizer
 
 MAX_QUESTION_CHARS = 2000  # a question, not a document: the embedder reads 256 tokens of it anyway
 
@@ -70,9 +75,6 @@ class Prepared:
 
 class Assistant:
     def __init__(self, config, gguf: str | None = None, tokenizer: str | None = None, allow_failed: bool = False):
-        from raftune.data.retrieval import build_retriever
-        from raftune.llama_runtime import open_gguf
-        from raftune.models import load_tokenizer
 
         self.gguf = choose_gguf(config, gguf, allow_failed)
         tokenizer = Path(tokenizer or config.stage_dir("merge") / "model")
@@ -91,7 +93,6 @@ class Assistant:
         if len(question) > MAX_QUESTION_CHARS:
             raise QuestionError(f"the question is {len(question)} characters long; at most {MAX_QUESTION_CHARS} "
                                 f"are accepted")
-        from raftune.evaluate.providers import gguf_tokens
 
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
             raise QuestionError(f"max_tokens must be a positive integer, got {max_tokens!r}")
@@ -109,7 +110,6 @@ class Assistant:
     def stream(self, prepared: Prepared):
         """(text piece, finish reason, answer tokens) as llama.cpp produces them; the last two are None but in the
         last item. Closing this generator stops the generation at once."""
-        from raftune.evaluate.providers import GGUF_SAMPLING
 
         pieces = self.llm.create_completion(prepared.tokens, max_tokens=prepared.max_tokens, stream=True,
                                             **GGUF_SAMPLING)
@@ -135,7 +135,6 @@ class Assistant:
 
 def reply(prepared: Prepared, text: str, finish_reason: str, tokens: int) -> dict:
     """{answer, final_answer, sources, prompt} and the generation's facts, as every front end shows them."""
-    from raftune.answer import final_answer
 
     answer = text.strip()  # as evaluate stores it
     return {"answer": answer, "final_answer": final_answer(answer), "sources": prepared.sources,
