@@ -363,7 +363,6 @@ def _library_fields() -> dict[str, set[str]]:
     from transformers import BitsAndBytesConfig
     from trl import SFTConfig
 
-
     return {
         "tiny": {f.name for f in dataclasses.fields(TinySpec)},
         "quantization": set(inspect.signature(BitsAndBytesConfig.__init__).parameters) - {"self", "kwargs"},

@@ -107,7 +107,6 @@ class Collator:
         return examples
 
     def __call__(self, features: list[dict]) -> dict:
-
         examples = self._examples(features)
         if not self.packing:
             return MaskedCollator(self.pad_token_id)(examples)

@@ -39,7 +39,6 @@ def _without_extra_buffers():
 def open_gguf(path, n_ctx: int = 4096, logits_all: bool = False, n_threads: int | None = None):
     from llama_cpp import Llama
 
-
     read_gguf(path)  # a clear one-line error for a missing, truncated or foreign file, before llama.cpp aborts
     with _without_extra_buffers():
         try:

@@ -34,7 +34,6 @@ def named_base(name: str) -> str:
     import os
     import tempfile
 
-
     package, module, filename = NAMED_BASES[name]
     try:
         folder = Path(importlib.import_module(module).__file__).parent

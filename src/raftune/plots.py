@@ -159,7 +159,6 @@ def merge_layers(report: dict, path: Path) -> Path:
 
 
 def history_of(config) -> pd.DataFrame:
-
     return read_history(history_dir(config, Path(config.runs_dir) / "history"), run=config.run)
 
 

@@ -72,7 +72,6 @@ class SampleGenerations(TrainerCallback):
         if not state.is_world_process_zero:
             return
 
-
         was_training = model.training
         model.eval()
         records = []
@@ -221,7 +220,6 @@ def load_examples(config: RunConfig) -> dict[str, list[dict]]:
     """The train and eval examples of the configured approach, from the data stage's files."""
     import datasets
 
-
     approach = config.train.approach  # one of config.APPROACHES, checked when the recipe loaded
     data_dir = require_finished(config, "data", "raftune data build")
     splits = {}
@@ -245,7 +243,6 @@ def load_examples(config: RunConfig) -> dict[str, list[dict]]:
 
 
 def sample_prompts(config: RunConfig, tokenizer, rows) -> list[str]:
-
     rows = list(rows)[: config.train.sample_prompts]
     if config.train.approach == "docs":  # continued pre-training: continue the first words of a held-out paragraph
         return [tokenizer.bos_token + " ".join(r["text"].split()[:12]) for r in rows]
@@ -403,7 +400,6 @@ def run(config: RunConfig, resume: bool = False, make_collator=None):
     import yaml
 
     write_text(adapter_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True))
-
 
     loss_curve(stage.dir / "loss.jsonl", stage.dir / "loss.png")
     length_histogram({"prompt": train_report["prompt_lengths"], "completion": train_report["completion_lengths"]},

@@ -88,7 +88,6 @@ class HFProvider:
     def __init__(self, spec: dict, max_new_tokens: int, batch_size: int, quantization: dict | None = None):
         import torch
 
-
         self.spec, self.name, self.max_new_tokens = spec, spec["name"], max_new_tokens
         self.batch_size = int(spec.get("batch_size", batch_size))
         self.quantization = quantization
@@ -161,7 +160,6 @@ def gguf_tokens(llm, prompt: str) -> list[int]:
 
 class GGUFProvider:
     def __init__(self, spec: dict, max_new_tokens: int):
-
         self.spec, self.name, self.max_new_tokens = spec, spec["name"], max_new_tokens
         self.tokenizer = load_tokenizer(spec["tokenizer"])
         self.llm = None  # opened on the first generate(), like HFProvider's weights
@@ -171,7 +169,6 @@ class GGUFProvider:
         return render_prompt(self.tokenizer, question, documents)
 
     def generate(self, prompts: list[str]):
-
         if self.llm is None:
             self.llm = open_gguf(self.spec["path"], n_ctx=int(self.spec.get("n_ctx", 4096)))
         for i, prompt in enumerate(prompts):

@@ -82,7 +82,6 @@ def recorded_models(spec: dict, items) -> dict[str, dict]:
 
 
 def recorded_answer(record: dict):
-
     seconds = record.get("seconds")
     return Answer(record["answer"], int(record.get("new_tokens") or 0),
                   float(seconds) if seconds is not None else math.nan)
@@ -91,7 +90,6 @@ def recorded_answer(record: dict):
 def extractive_baseline(items, retrieved) -> list[dict]:
     """A no-model baseline: the sentence of the top passage that best matches the question (rapidfuzz)."""
     from rapidfuzz import fuzz
-
 
     rows = []
     for item, passages in zip(items, retrieved):
@@ -119,7 +117,6 @@ def write_extractive_baseline(config, out: str | Path) -> int:
 
 if __name__ == "__main__":  # python -m raftune.evaluate.recorded CONFIG OUT [key=value ...]
     import sys
-
 
     count = write_extractive_baseline(load_config(sys.argv[1], sys.argv[3:]), sys.argv[2])
     print(f"{count} extractive-baseline answers -> {sys.argv[2]}")

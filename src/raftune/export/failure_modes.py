@@ -83,7 +83,6 @@ def overflowing_copy(model_dir, out_dir, factor: float = 1e6, layer: int = 0) ->
     The product is unchanged (the MLP is linear in up_proj), and bf16 holds the large values; float16 does not."""
     from transformers import AutoModelForCausalLM
 
-
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     mlp = model.model.layers[layer].mlp
     with torch.no_grad():
@@ -126,7 +125,6 @@ def run_all(config) -> dict:
     import dataclasses
     import json
     import shutil
-
 
     model_dir, export_dir = config.stage_dir("merge") / "model", config.stage_dir("export")
     f16, adapter = export_dir / "model-f16.gguf", config.stage_dir("train") / "adapter"

@@ -55,7 +55,6 @@ QUANT_TOLERANCE = {"top1_points": 0.01, "kl_ratio": 1.5}
 def gguf_type(path) -> str:
     from gguf import LlamaFileType
 
-
     field = read_gguf(path).fields.get("general.file_type")
     if field is None:
         return "unknown"

@@ -25,7 +25,6 @@ def agreement_with_trained(adapter_dir, merged: dict, rows, prompts: int = 4) ->
     the first `prompts` RAFT rows (question + documents)."""
     from peft import PeftModel
 
-
     base, quantization = adapter_training_setup(adapter_dir)
     tokenizer = load_tokenizer(str(adapter_dir))
     ids = [encode(tokenizer, render_prompt(tokenizer, r["question"], r["documents"])) for r in list(rows)[:prompts]]

@@ -111,7 +111,6 @@ def references(config: RunConfig) -> list[tuple[str, list[str], str]] | None:
 
 
 def run(config: RunConfig):
-
     model_dir = config.stage_dir("merge") / "model"
     if not (model_dir / "config.json").is_file():
         raise RaftuneError(f"no merged model at {model_dir}; run `raftune merge` first")

@@ -75,7 +75,6 @@ class Prepared:
 
 class Assistant:
     def __init__(self, config, gguf: str | None = None, tokenizer: str | None = None, allow_failed: bool = False):
-
         self.gguf = choose_gguf(config, gguf, allow_failed)
         tokenizer = Path(tokenizer or config.stage_dir("merge") / "model")
         if not tokenizer.is_dir():
