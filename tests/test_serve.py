@@ -15,12 +15,11 @@ from pathlib import Path
 import httpx2 as httpx  # the HTTP client the pinned openai package brings
 import numpy as np
 import pytest
-import uvicorn
 from openai import BadRequestError, OpenAI
 
 from raftune import cli
 from raftune.data.testset import load_testset
-from raftune.serve.app import create_app
+from raftune.serve.app import create_app, serving
 from raftune.serve.assistant import MAX_QUESTION_CHARS, Assistant, choose_gguf
 
 from conftest import MINI, MINI_OVERRIDES, ROOT, free_port, mini_config
@@ -59,15 +58,8 @@ def served(mini_run):
     config, _ = mini_run
     assistant = Assistant(config)
     app = create_app(assistant, queue=1)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        assert thread.is_alive(), "uvicorn exited"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{server.config.port}", app, assistant
-    server.should_exit = True
-    thread.join(timeout=30)
+    with serving(app) as url:
+        yield url, app, assistant
 
 
 def client(url) -> OpenAI:

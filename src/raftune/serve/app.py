@@ -16,6 +16,7 @@ the next token, which frees the model for the next request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -194,6 +195,27 @@ async def _events(generation: Generation, prepared: Prepared, head: dict, extras
         yield "data: [DONE]\n\n"
     finally:
         generation.cancel()  # the client went away (or all was sent): stop at the next token
+
+
+@contextlib.contextmanager
+def serving(app: FastAPI, host: str = "127.0.0.1", port: int = 0):
+    """`app` (from `create_app`) on uvicorn in a background thread (port 0: a free one) while the block runs; yields
+    its URL. For notebooks and tests: `raftune serve` is the command-line way."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("uvicorn exited before it started serving")
+        time.sleep(0.05)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{bound}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
 
 
 def serve(assistant: Assistant, host: str = "127.0.0.1", port: int = 8000, queue: int = 4) -> None:
