@@ -133,10 +133,10 @@ def test_answers_file_with_a_missing_question_is_a_clear_error(tmp_path, capsys)
 
 
 @pytest.mark.parametrize("line, message", [
-    ('{"model": "m", "test_id": 1, "question_id": 1}', "line 2: missing field 'answer'"),
-    ('{"model": "m", "test_id": "1", "question_id": 1, "answer": "x"}', "line 2: field 'test_id' must be int, got str"),
-    ('{"model": "m", "test_id": 1, ', "line 2: not valid JSON"),
-    ('{"model": "m", "test_id": 1, "question_id": 1, "answer": "y"}', "line 2: model 'm' answers test 1 question 1 twice"),
+    ('{"model": "m", "test_id": 1, "question_id": 1}', "row 1: missing field 'answer'"),
+    ('{"model": "m", "test_id": "1", "question_id": 1, "answer": "x"}', "row 1: field 'test_id' must be int, got str"),
+    ('{"model": "m", "test_id": 1, ', "row 1: not valid JSON"),
+    ('{"model": "m", "test_id": 1, "question_id": 1, "answer": "y"}', "row 1: model 'm' answers test 1 question 1 twice"),
 ])
 def test_malformed_answers_lines_name_file_line_and_field(tmp_path, line, message):
     path = tmp_path / "answers.jsonl"

@@ -9,7 +9,6 @@ sentence of the top retrieved passage that best matches the question, quoted and
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from raftune import RaftuneError
 from raftune.answer import format_answer
 from raftune.config import load_config
 from raftune.data.raft import split_sentences
+from raftune.data.formats import read_records
 from raftune.data.retrieval import contexts
 from raftune.data.testset import load_testset
 from raftune.evaluate.providers import Answer
@@ -27,30 +27,23 @@ SHAPE = '{"model": str, "test_id": int, "question_id": int, "answer": str}'
 
 
 def read_recorded(path: str | Path) -> dict[str, dict[tuple[int, int], dict]]:
-    """{model: {(test_id, question_id): record}}; a malformed line raises an error naming file, line and field."""
+    """{model: {(test_id, question_id): record}}; a malformed row raises an error naming file, row and field."""
     path = Path(path)
     if not path.is_file():
         raise RaftuneError(f"recorded answers file not found: {path}")
+    records, _ = read_records(path)  # JSONL; rows counted from 0, as every data file's
     models: dict[str, dict] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise RaftuneError(f"{path}: line {n}: not valid JSON ({err.msg}); expected {SHAPE}") from None
-        if not isinstance(record, dict):
-            raise RaftuneError(f"{path}: line {n}: expected an object {SHAPE}")
+    for n, record in enumerate(records):
         for field, kind in FIELDS.items():
             if field not in record:
-                raise RaftuneError(f"{path}: line {n}: missing field '{field}' (expected {SHAPE})")
+                raise RaftuneError(f"{path}: row {n}: missing field '{field}' (expected {SHAPE})")
             if not isinstance(record[field], kind) or isinstance(record[field], bool):
-                raise RaftuneError(f"{path}: line {n}: field '{field}' must be {kind.__name__}, "
+                raise RaftuneError(f"{path}: row {n}: field '{field}' must be {kind.__name__}, "
                                    f"got {type(record[field]).__name__}")
         key = (record["test_id"], record["question_id"])
         answers = models.setdefault(record["model"], {})
         if key in answers:
-            raise RaftuneError(f"{path}: line {n}: model '{record['model']}' answers test {key[0]} question {key[1]} twice")
+            raise RaftuneError(f"{path}: row {n}: model '{record['model']}' answers test {key[0]} question {key[1]} twice")
         answers[key] = record
     if not models:
         raise RaftuneError(f"{path}: no answers (expected JSONL lines {SHAPE})")
