@@ -64,3 +64,9 @@ def test_quantization_none_overrides_an_extended_recipes_nf4(tmp_path):
     assert load_config(ROOT / "configs/demo-tiny.yaml").quantization["load_in_4bit"] is True
     assert load_config(tmp_path / "lora.yaml").quantization == {}
     assert load_config(ROOT / "configs/demo-tiny.yaml", ["quantization=none"]).quantization == {}
+
+
+def test_a_bad_evaluate_models_entry_is_rejected_when_the_recipe_loads():
+    """Not after training: an `evaluate.models` entry is checked with the rest of the recipe."""
+    with pytest.raises(RaftuneError, match=r"evaluate.models\[0\]: kind hf needs 'path'"):
+        load_config(ROOT / "configs" / "demo-tiny.yaml", ["evaluate.models=[{name: x, kind: hf}]"])

@@ -344,9 +344,37 @@ def _check_fields(obj, prefix: str, origins: dict, source: str) -> None:
             _fail(origins, source, key, value, rule.expected())
 
 
+SPEC_KEYS = {
+    "hf": {"name", "kind", "path", "adapter", "load_in_4bit", "dtype", "tokenizer", "batch_size"},
+    "gguf": {"name", "kind", "path", "tokenizer", "n_ctx"},
+    "openai": {"name", "kind", "base_url", "model", "api", "api_key_env", "tokenizer", "max_retries", "timeout",
+               "concurrency", "extra_body"},
+    "recorded": {"name", "kind", "path", "model"},
+}
+
+
+def check_spec(spec, where: str) -> dict:
+    """One `evaluate.models` entry: a known kind, its keys and the ones it needs (raftune.evaluate.providers)."""
+    if not isinstance(spec, dict) or spec.get("kind") not in SPEC_KEYS:
+        raise RaftuneError(f"{where}: expected a mapping with kind one of {', '.join(SPEC_KEYS)}, got {spec!r}")
+    unknown = set(spec) - SPEC_KEYS[spec["kind"]]
+    if unknown:
+        raise RaftuneError(f"{where}: unknown key '{sorted(unknown)[0]}' for kind {spec['kind']} "
+                           f"(expected {', '.join(sorted(SPEC_KEYS[spec['kind']]))})")
+    required = {"hf": ["path"], "gguf": ["path", "tokenizer"], "openai": ["base_url", "model"], "recorded": ["path"]}
+    for key in required[spec["kind"]]:
+        if not spec.get(key):
+            raise RaftuneError(f"{where}: kind {spec['kind']} needs '{key}'")
+    if spec["kind"] != "recorded" and not spec.get("name"):
+        raise RaftuneError(f"{where}: needs a 'name' (the model's row in the results)")
+    return spec
+
+
 def validate(config: RunConfig, origins: dict, source: str) -> None:
     """Types, ranges and choices of every value, with the file (or override) it came from named in the error."""
     _check_fields(config, "", origins, source)
+    for i, spec in enumerate(config.evaluate.models):
+        check_spec(spec, f"{origins.get('evaluate.models', source)}: evaluate.models[{i}]")
     for key, rule in RULES.items():
         section, name = key.split(".", 1)
         values = getattr(config, section)

@@ -44,31 +44,6 @@ class Answer:
         return self.new_tokens * self.batch_size / max(self.seconds, 1e-9)
 
 
-SPEC_KEYS = {
-    "hf": {"name", "kind", "path", "adapter", "load_in_4bit", "dtype", "tokenizer", "batch_size"},
-    "gguf": {"name", "kind", "path", "tokenizer", "n_ctx"},
-    "openai": {"name", "kind", "base_url", "model", "api", "api_key_env", "tokenizer", "max_retries", "timeout",
-               "concurrency", "extra_body"},
-    "recorded": {"name", "kind", "path", "model"},
-}
-
-
-def check_spec(spec, where: str) -> dict:
-    if not isinstance(spec, dict) or spec.get("kind") not in SPEC_KEYS:
-        raise RaftuneError(f"{where}: expected a mapping with kind one of {', '.join(SPEC_KEYS)}, got {spec!r}")
-    unknown = set(spec) - SPEC_KEYS[spec["kind"]]
-    if unknown:
-        raise RaftuneError(f"{where}: unknown key '{sorted(unknown)[0]}' for kind {spec['kind']} "
-                           f"(expected {', '.join(sorted(SPEC_KEYS[spec['kind']]))})")
-    required = {"hf": ["path"], "gguf": ["path", "tokenizer"], "openai": ["base_url", "model"], "recorded": ["path"]}
-    for key in required[spec["kind"]]:
-        if not spec.get(key):
-            raise RaftuneError(f"{where}: kind {spec['kind']} needs '{key}'")
-    if spec["kind"] != "recorded" and not spec.get("name"):
-        raise RaftuneError(f"{where}: needs a 'name' (the model's row in the results)")
-    return spec
-
-
 def fingerprint(path: str) -> list:
     """Size and modification time of the weight files: a retrained or re-exported model gets new cache keys,
     without hashing gigabytes. A hub id is its own fingerprint."""

@@ -24,12 +24,12 @@ from tqdm import tqdm
 
 from raftune import RaftuneError
 from raftune.answer import final_answer
-from raftune.config import RunConfig, config_to_dict
+from raftune.config import RunConfig, check_spec, config_to_dict
 from raftune.data.embedders import load_embedder
 from raftune.data.generators import ResponseCache
 from raftune.data.retrieval import contexts
 from raftune.data.testset import load_testset
-from raftune.evaluate.providers import Answer, check_spec, make_provider
+from raftune.evaluate.providers import Answer, make_provider
 from raftune.evaluate.recorded import recorded_answer, recorded_models
 from raftune.evaluate.results import config_hash, new_run_id, tidy, write_results
 from raftune.evaluate.scoring import bootstrap_ci, score_rows, summarise
