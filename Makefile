@@ -1,11 +1,11 @@
-# Entry points for a fresh machine (Python 3.11, no GPU): `make demo` (`make demo-tiny`) and `make test`.
+# Entry points for a fresh machine (Python 3.11, no GPU): `make demo` and `make test` (`make demo-smollm2`: a real model).
 # Both create .venv if it is missing, install the pinned requirements and llama.cpp's converter, then run.
 VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.raftune-installed
 
-.PHONY: install demo demo-tiny test clean
+.PHONY: install demo demo-smollm2 test clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,11 +17,11 @@ $(STAMP): requirements.txt pyproject.toml
 
 install: $(STAMP)
 
-demo: $(STAMP)   # SmolLM2-135M-Instruct, configs/demo.yaml (about 15 minutes on 2 cores)
+demo: $(STAMP)   # the tiny model built from the corpus, configs/demo-tiny.yaml (about 5 minutes on 2 cores)
 	$(VENV)/bin/raftune demo
 
-demo-tiny: $(STAMP)   # the tiny model built from the corpus, configs/demo-tiny.yaml (about 4 minutes)
-	$(VENV)/bin/raftune demo --config configs/demo-tiny.yaml
+demo-smollm2: $(STAMP)   # SmolLM2-135M-Instruct, configs/demo.yaml (about 20 minutes on 2 cores)
+	$(VENV)/bin/raftune demo --config configs/demo.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest
