@@ -144,20 +144,6 @@ def plot_results(results: Path, out: Path, history: pd.DataFrame | None, name: s
     return {k: str(v) for k, v in paths.items()}
 
 
-def merge_layers(report: dict, path: Path) -> Path:
-    """Per layer of a merge report: the LoRA delta and each merge method's distance from the pristine merge, all
-    relative to the weight's norm (log scale)."""
-    layers = pd.DataFrame(report["layers"]).set_index("layer")
-    fig, ax = plt.subplots(figsize=(10, 3.5))
-    layers.plot(ax=ax, marker=".", lw=1)
-    ax.set(yscale="log", ylabel="relative to the weight's norm", xlabel="",
-           title="per layer: LoRA delta and merge differences")
-    ax.set_xticks(range(len(layers)), [n.replace("model.layers.", "").replace("_proj", "") for n in layers.index],
-                  rotation=90, fontsize=7)
-    fig.tight_layout()
-    return save(fig, path)
-
-
 def history_of(config) -> pd.DataFrame:
     return read_history(history_dir(config, Path(config.runs_dir) / "history"), run=config.run)
 

@@ -331,23 +331,6 @@ def _lines_up_to(path: Path, step: int) -> list[str]:
     return kept
 
 
-def show_labels(config: RunConfig, index: int = 0, tail: int = 400) -> str:
-    """One training example as the model sees it: the tokens that carry a label printed, the masked ones as '·'.
-
-    The first line says whether it starts with BOS (and how many there are) and ends with an EOS that is a label."""
-
-    tokenizer = load_tokenizer(resolve_base(config))
-    row = load_examples(config)["train"][index]
-    features, _ = tokenize_rows([row], tokenizer, 10**9, config.train.approach)
-    ids, mask = features[0]["input_ids"], features[0]["completion_mask"]
-    if config.train.approach == "raft" and not settings(config)["completion_only_loss"]:
-        mask = [1] * len(ids)  # whole-sequence loss: every token is a label
-    head = (f"{len(ids)} tokens, {sum(mask)} with a label; starts with BOS {tokenizer.bos_token!r}: "
-            f"{ids[0] == tokenizer.bos_token_id} (BOS tokens: {ids.count(tokenizer.bos_token_id)}); ends with EOS "
-            f"{tokenizer.eos_token!r}: {ids[-1] == tokenizer.eos_token_id}, a label: {bool(mask[-1])}")
-    return head + "\n" + "".join(tokenizer.decode([t]) if m else "·" for t, m in zip(ids, mask))[-tail:]
-
-
 def run(config: RunConfig, resume: bool = False, make_collator=None):
     """Train the recipe's adapter. `make_collator(tokenizer)` replaces the data collator: only for reproducing a
     training mistake on purpose (raftune.export.failure_modes.PadIsEosCollator)."""
