@@ -1,5 +1,5 @@
 """The results the README quotes are the results of the committed run they come from: its demo table is, character
-for character, the table that notebook 00 printed in its committed full run (notebooks/run.py writes those outputs)."""
+for character, the table that notebook 00 printed in its committed full run."""
 
 from pathlib import Path
 
@@ -10,8 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def notebook_text(path: Path) -> str:
     notebook = nbformat.read(path, as_version=4)
-    return "".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
-                   for output in cell.outputs)
+    return "".join(output.get("text", "") + output.get("data", {}).get("text/plain", "")
+                   for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs)
 
 
 def test_the_readme_demo_table_is_the_one_notebook_00_printed():
