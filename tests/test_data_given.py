@@ -150,7 +150,7 @@ def test_a_file_that_does_not_fit_is_named_in_one_line(tmp_path, capsys):
                    f"it trains docs); raft needs data.raft (or data.corpus with data.qac, with no data.raft or "
                    f"data.paragraphs)"]
     assert not (tmp_path / "runs" / "demo" / "data" / "raft").exists()
-    with pytest.raises(RaftuneError, match="data.clean must be one of repair, strict, off, got 'maybe'"):
+    with pytest.raises(RaftuneError, match=r"data.clean='maybe': expected one of repair, strict, off"):
         data_stage.run(config_for(tmp_path, f"data.raft={write_rows(tmp_path / 'rows', ROWS, 'json')}",
                                   "data.clean=maybe"))
 

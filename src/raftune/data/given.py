@@ -26,7 +26,6 @@ from raftune.data.raft import split_by_question, split_by_row
 KEYS = {"raft": "data.raft", "raft-repr": "data.raft", "qac": "data.qac", "paragraphs": "data.paragraphs"}
 EXPECTED = {"data.raft": f"RAFT rows [{', '.join(RAFT_FIELDS)}]", "data.qac": "QAC triplets [question, answer, context]",
             "data.paragraphs": "paragraphs [paragraph]"}
-CLEAN_MODES = ("repair", "strict", "off")
 NEEDS = {"raft": "data.raft (or data.corpus with data.qac, with no data.raft or data.paragraphs)",
          "qac": "data.raft or data.qac", "docs": "data.paragraphs or data.raft"}
 
@@ -55,8 +54,6 @@ def _question_indices(questions: list[str]) -> list[int]:
 def raft_rows(path, mode: str, out: Path) -> tuple[list[dict], dict]:
     """RAFT rows of the file in raftune's layout (the columns `data build` writes), and what cleaning did."""
 
-    if mode not in CLEAN_MODES:
-        raise RaftuneError(f"data.clean must be one of {', '.join(CLEAN_MODES)}, got '{mode}'")
     shape = _check_shape(path, "data.raft")
     if mode == "off":
         _, rows, _, _ = load_rows(path)
