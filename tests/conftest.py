@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -82,3 +85,52 @@ def llama_server(gguf, n_ctx: int = 2048):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def quote_question(prompt: str) -> str:
+    """A RAFT-shaped answer that quotes the prompt's question."""
+    return f"##begin_quote##{prompt.rsplit('Question: ', 1)[-1]}##end_quote##\n<ANSWER>: ja"
+
+
+class ChatStub:
+    """An OpenAI-compatible chat-completions endpoint at `url`: answers each request with `reply(first message)`, and
+    fails (HTTP 503) once `fail_after` answers have been given; counts requests and the Authorization headers seen."""
+
+    def __init__(self, reply=quote_question):
+        self.requests, self.answered, self.fail_after, self.keys, self.reply = 0, 0, None, set(), reply
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                stub.requests += 1
+                stub.keys.add(self.headers.get("Authorization"))
+                if stub.fail_after is not None and stub.answered >= stub.fail_after:
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                stub.answered += 1
+                content = stub.reply(body["messages"][0]["content"])
+                data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                                   "choices": [{"index": 0, "finish_reason": "stop",
+                                                "message": {"role": "assistant", "content": content}}],
+                                   "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def chat_stub():
+    server = ChatStub()
+    yield server
+    server.server.shutdown()

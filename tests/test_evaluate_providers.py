@@ -4,8 +4,6 @@ llama.cpp's server answering like the GGUF in-process."""
 
 import dataclasses
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -19,51 +17,6 @@ from conftest import MINI, free_port, llama_server, mini_config
 SECRET = "sk-eval-0123456789-never-write-me"
 
 
-class Stub:
-    """A chat-completions endpoint that answers with a quote of the question, and fails (HTTP 503) once `fail_after`
-    answers have been given."""
-
-    def __init__(self):
-        self.requests, self.answered, self.fail_after, self.keys = 0, 0, None, set()
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                stub.requests += 1
-                stub.keys.add(self.headers.get("Authorization"))
-                if stub.fail_after is not None and stub.answered >= stub.fail_after:
-                    self.send_response(503)
-                    self.end_headers()
-                    return
-                stub.answered += 1
-                question = body["messages"][0]["content"].rsplit("Question: ", 1)[1]
-                reply = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                         "choices": [{"index": 0, "finish_reason": "stop", "message": {
-                             "role": "assistant", "content": f"##begin_quote##{question}##end_quote##\n<ANSWER>: ja"}}],
-                         "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}}
-                data = json.dumps(reply).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
-@pytest.fixture
-def stub():
-    server = Stub()
-    yield server
-    server.server.shutdown()
-
-
 def endpoint_config(tmp_path, *models):
     config = mini_config(tmp_path / "runs", "evaluate.run_models=false", "evaluate.recorded=[]")
     config.evaluate.models = [{"kind": "openai", "model": "stub", "api_key_env": "STUB_KEY", "max_retries": 1,
@@ -75,12 +28,12 @@ def answers_of(config):
     return [json.loads(line) for line in (config.stage_dir("evaluate") / "answers.jsonl").read_text().splitlines()]
 
 
-def test_endpoint_answers_are_scored_and_the_key_stays_in_the_environment(stub, tmp_path, monkeypatch):
+def test_endpoint_answers_are_scored_and_the_key_stays_in_the_environment(chat_stub, tmp_path, monkeypatch):
     monkeypatch.setenv("STUB_KEY", SECRET)
-    config = endpoint_config(tmp_path, {"name": "api", "base_url": stub.url})
+    config = endpoint_config(tmp_path, {"name": "api", "base_url": chat_stub.url})
     summary = stage.run(config)
-    assert list(summary.index) == ["api"] and stub.requests == 8
-    assert stub.keys == {f"Bearer {SECRET}"}
+    assert list(summary.index) == ["api"] and chat_stub.requests == 8
+    assert chat_stub.keys == {f"Bearer {SECRET}"}
     rows = answers_of(config)
     assert all(r["new_tokens"] == 3 and r["seconds"] > 0 and r["tokens_per_s"] > 0 for r in rows)
     # the stub quotes the question, which is not in the context: the hallucination check catches every quote
@@ -90,39 +43,39 @@ def test_endpoint_answers_are_scored_and_the_key_stays_in_the_environment(stub, 
             assert SECRET not in path.read_text(errors="ignore"), path
 
 
-def test_unreachable_endpoint_retries_then_fails_clearly_keeping_earlier_answers(stub, tmp_path, monkeypatch):
+def test_unreachable_endpoint_retries_then_fails_clearly_keeping_earlier_answers(chat_stub, tmp_path, monkeypatch):
     monkeypatch.setenv("STUB_KEY", SECRET)
     dead = f"http://127.0.0.1:{free_port()}/v1"
-    config = endpoint_config(tmp_path, {"name": "api", "base_url": stub.url}, {"name": "dead", "base_url": dead})
+    config = endpoint_config(tmp_path, {"name": "api", "base_url": chat_stub.url}, {"name": "dead", "base_url": dead})
     with pytest.raises(RaftuneError) as failure:
         stage.run(config)
     message = str(failure.value)
     assert message.startswith(f"model 'dead': endpoint {dead} unreachable after 1 retries (APIConnectionError")
     assert "0 of 8 answers of this model (and all earlier models') are kept in" in message and "\n" not in message
-    assert stub.requests == 8
+    assert chat_stub.requests == 8
     # the endpoint is back (here: the stub under the dead model's name): only its 8 answers are asked for
-    config.evaluate.models[1]["base_url"] = stub.url
+    config.evaluate.models[1]["base_url"] = chat_stub.url
     config.evaluate.models[1]["model"] = "stub-2"
     stage.run(config)
-    assert stub.requests == 16
+    assert chat_stub.requests == 16
     manifest = json.loads((config.stage_dir("evaluate") / "manifest.json").read_text())
     assert manifest["outputs"]["generated"] == 8
 
 
-def test_failure_mid_run_keeps_every_answer_and_the_rerun_asks_only_for_the_rest(stub, tmp_path, monkeypatch):
+def test_failure_mid_run_keeps_every_answer_and_the_rerun_asks_only_for_the_rest(chat_stub, tmp_path, monkeypatch):
     monkeypatch.setenv("STUB_KEY", SECRET)
-    stub.fail_after = 3
-    config = endpoint_config(tmp_path, {"name": "api", "base_url": stub.url})
+    chat_stub.fail_after = 3
+    config = endpoint_config(tmp_path, {"name": "api", "base_url": chat_stub.url})
     with pytest.raises(RaftuneError, match=r"answered HTTP 503 after 1 retries .*; 3 of 8 answers of this model"):
         stage.run(config)
     cache = config.cache_dir() / "answers.jsonl"
     assert len(cache.read_text().splitlines()) == 3
     # the failing request and its one retry, and at most one more that a worker had already started; the rest were
     # cancelled
-    assert 3 + 2 <= stub.requests <= 3 + 2 * 2
-    stub.fail_after, before = None, stub.requests
+    assert 3 + 2 <= chat_stub.requests <= 3 + 2 * 2
+    chat_stub.fail_after, before = None, chat_stub.requests
     stage.run(config)
-    assert stub.requests - before == 5 and len(answers_of(config)) == 8
+    assert chat_stub.requests - before == 5 and len(answers_of(config)) == 8
 
 
 # --- the mini run's tiny models ---------------------------------------------------------------------------------

@@ -6,8 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,7 @@ from raftune.data.formats import parse_context_repr
 from raftune.data.generators import ResponseCache, make_generator
 from raftune.train import _lines_up_to, checkpoint_problem
 
-from conftest import MINI_OVERRIDES, ROOT, free_port, mini_config
+from conftest import MINI_OVERRIDES, ROOT, ChatStub, free_port, mini_config
 
 CONFIG = str(ROOT / "configs" / "demo-tiny.yaml")
 
@@ -192,35 +190,6 @@ def test_extends_takes_a_list_and_a_bad_value_names_the_file_it_is_in(tmp_path):
 
 # --- endpoints and credentials ---------------------------------------------------------------------------------------
 
-class Answers:
-    """An OpenAI-compatible chat endpoint that answers every request with the same quoted sentence."""
-
-    def __init__(self):
-        self.requests = 0
-        answers = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                answers.requests += 1
-                data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                                   "choices": [{"index": 0, "finish_reason": "stop", "message": {
-                                       "role": "assistant", "content": "##begin_quote##x##end_quote##\n<ANSWER>: x"}}],
-                                   "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
 def generator_overrides(url: str) -> list[str]:
     return ["data.generator=openai", "data.generator_model=m", f"data.generator_base_url={url}",
             "data.generator_max_retries=0", "data.rows_per_question=1"]
@@ -238,9 +207,9 @@ def test_unreachable_generator_endpoint_is_one_line_naming_url_and_cache(tmp_pat
 
 
 def test_credentials_in_urls_reach_no_file_and_no_cache_key(tmp_path):
-    server = Answers()
+    server = ChatStub(reply=lambda prompt: "##begin_quote##x##end_quote##\n<ANSWER>: x")
     try:
-        plain = f"http://127.0.0.1:{server.port}/v1"
+        plain = server.url
         secret_url = plain.replace("://", "://user:hunter2@")
         config = mini_config(tmp_path, *generator_overrides(secret_url))
         data_stage.run(config)
