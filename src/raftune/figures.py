@@ -60,3 +60,16 @@ def length_histogram(lengths: dict[str, list[int]], path: Path, max_length: int 
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def merge_layers(layers, path: Path) -> Path:
+    """Per adapted layer: the LoRA delta and how far the dequantized and the unsafe 4-bit merges land from the pristine
+    one, each relative to the weight's norm (`merge.merge`'s layer report)."""
+    fig, ax = plt.subplots(figsize=(10, 3.5))
+    layers[["lora_delta", "dequantized_vs_pristine", "unsafe_4bit_vs_pristine"]].plot(ax=ax, marker=".", lw=1)
+    ax.set(yscale="log", ylabel="relative to the weight's norm", xlabel="",
+           title="per layer: LoRA delta and merge differences")
+    ax.set_xticks(range(len(layers)), [n.replace("model.layers.", "").replace("_proj", "") for n in layers.index],
+                  rotation=90, fontsize=7)
+    fig.tight_layout()
+    return save(fig, path)

@@ -242,6 +242,19 @@ def load_examples(config: RunConfig) -> dict[str, list[dict]]:
     return splits
 
 
+def label_view(config: RunConfig, width: int = 400) -> str:
+    """The first training example as the loss sees it: its length, how many tokens carry a label, BOS and EOS, and
+    its last `width` characters with every token that carries no label shown as '·'."""
+    tokenizer = load_tokenizer(resolve_base(config))
+    features, _ = tokenize_rows([load_examples(config)["train"][0]], tokenizer, 10_000, config.train.approach)
+    ids, mask = features[0]["input_ids"], features[0]["completion_mask"]
+    if config.train.approach == "raft" and not config.sft.get("completion_only_loss", True):
+        mask = [1] * len(ids)  # whole-sequence loss: trl labels every token
+    return (f"{len(ids)} tokens, {sum(mask)} with a label; first id {ids[0]} is BOS ({tokenizer.bos_token}), last id "
+            f"{ids[-1]} is EOS ({tokenizer.eos_token}) and carries a label: {bool(mask[-1])}\n"
+            + "".join(tokenizer.decode([t]) if m else "·" for t, m in zip(ids, mask))[-width:])
+
+
 def sample_prompts(config: RunConfig, tokenizer, rows) -> list[str]:
     rows = list(rows)[: config.train.sample_prompts]
     if config.train.approach == "docs":  # continued pre-training: continue the first words of a held-out paragraph

@@ -111,6 +111,33 @@ def logit_stats(hf: np.ndarray, cpp: np.ndarray, chunk: int = 128) -> dict:
     return {"sq_err": sq_err, "sq_ref": sq_ref, "kl": kl, "top1": (hf.argmax(-1) == cpp.argmax(-1)).tolist()}
 
 
+def merges_against_adapter(adapter: Path, merged: dict[str, Path], rows) -> dict[str, dict]:
+    """How closely each merged folder reproduces the trained model (base + adapter, as trained) on `rows`' prompts:
+    NMSE of the logits, mean KL and top-1 agreement over every prompt position, by merge name."""
+    from peft import PeftModel
+
+    from raftune.merge import adapter_training_setup
+
+    base, quantization = adapter_training_setup(adapter)
+    tokenizer = load_tokenizer(str(adapter))
+    prompts = [encode(tokenizer, render_prompt(tokenizer, r["question"], r["documents"])) for r in rows]
+
+    def logits(model, ids):
+        with torch.no_grad():
+            return model(torch.tensor([ids])).logits[0].float().numpy()
+
+    trained = PeftModel.from_pretrained(load_model(base, quantization), str(adapter)).eval()
+    reference = [logits(trained, ids) for ids in prompts]
+    table = {}
+    for name, folder in merged.items():
+        model = load_model(str(folder)).eval()
+        stats = [logit_stats(ref, logits(model, ids)) for ref, ids in zip(reference, prompts)]
+        table[name] = {"NMSE vs trained": sum(s["sq_err"] for s in stats) / sum(s["sq_ref"] for s in stats),
+                       "KL mean": float(np.mean([k for s in stats for k in s["kl"]])),
+                       "top-1 agreement": float(np.mean([t for s in stats for t in s["top1"]]))}
+    return table
+
+
 def _greedy_hf(model, ids: list[int], n: int, eos: int) -> list[int]:
     with torch.no_grad():
         out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
