@@ -16,7 +16,8 @@ FAST = {"00": "sft.max_steps=8 export.fidelity_prompts=3 export.greedy_tokens=16
         "02": "sft.max_steps=8", "03": "sft.max_steps=8", "04": "sft.max_steps=8", "05": "sft.max_steps=8",
         "06": "sft.max_steps=8", "07": "sft.max_steps=8 export.fidelity_prompts=3 export.greedy_tokens=16",
         "08": "sft.max_steps=8 export.fidelity_prompts=3 export.greedy_tokens=16 evaluate.max_new_tokens=16",
-        "10": "sft.max_steps=4 export.fidelity_prompts=3 export.greedy_tokens=16 evaluate.max_new_tokens=16"}
+        "10": "sft.max_steps=4 export.fidelity_prompts=3 export.greedy_tokens=16 evaluate.max_new_tokens=16 "
+              "evaluate.top_k=1"}
 SEED_DATA = ROOT.parent / "shared" / "seed-data"
 
 

@@ -6,7 +6,7 @@ from datasets import load_from_disk
 from raftune.data import stage as data_stage
 from raftune.models import load_tokenizer, resolve_base
 from raftune.sft_data import tokenize_rows
-from raftune.train import make_trainer
+from raftune.train import label_view, make_trainer
 
 from conftest import mini_config
 
@@ -37,6 +37,18 @@ def test_labels_mask_exactly_the_prompt_and_keep_eos(tmp_path, tiny_cache):
         assert ids.count(tokenizer.bos_token_id) == 1
     # the shorter row is padded; padding is masked by position even though pad == EOS here
     assert (batch["labels"] == tokenizer.eos_token_id).sum() == 2
+
+
+def test_label_view_marks_every_token_without_a_label(tmp_path, tiny_cache):
+    config, _, tokenizer, dataset = _setup(tmp_path)
+    features, _ = tokenize_rows([dataset["train"][0]], tokenizer, max_length=10_000)
+    ids, mask = features[0]["input_ids"], features[0]["completion_mask"]
+    head, shown = label_view(config, width=100_000).split("\n", 1)
+    assert head.startswith(f"{len(ids)} tokens, {sum(mask)} with a label;") and head.endswith("carries a label: True")
+    assert 0 < sum(mask) < len(ids) and shown.count("·") == len(ids) - sum(mask)
+    config.sft["completion_only_loss"] = False  # whole-sequence loss: every token carries a label
+    head, shown = label_view(config, width=100_000).split("\n", 1)
+    assert head.startswith(f"{len(ids)} tokens, {len(ids)} with a label;") and "·" not in shown
 
 
 def test_too_long_rows_are_counted_not_truncated(tmp_path, tiny_cache):
