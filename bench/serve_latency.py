@@ -5,7 +5,8 @@ request and for 4 concurrent ones, side by side with llama.cpp generating the sa
 
 The server is started as users start it (`raftune serve`, a subprocess on a free local port) and asked with the
 `openai` client, streamed. The baseline is llama-cpp-python's own streamed generation of the identical prompt tokens
-(the assistant's `prepare`: same retrieval, same renderer, same sampling; `Assistant.stream`, which is
+(the assistant's `prepare`: same retrieval, same renderer, same sampling, the same llama.cpp threads as `raftune serve`
+uses, every core but one; `Assistant.stream`, which is
 llama-cpp-python's streamed `create_completion` without HTTP, queue or threads), in this process, never at the same
 time as the server generates. Each test-set question is asked of both, alternately, so a question's prompt is new to
 each llama.cpp (no prompt cache advantage on either side).
@@ -35,7 +36,7 @@ from openai import OpenAI
 
 from raftune.config import load_config
 from raftune.data.testset import load_testset
-from raftune.serve.assistant import Assistant
+from raftune.serve.assistant import Assistant, serving_threads
 
 
 def free_port() -> int:
@@ -88,7 +89,7 @@ def main() -> None:
     questions = list(dict.fromkeys(i.question for i in load_testset(config.evaluate.testset)))
     assert len(questions) >= args.questions + 4, "the test set has too few questions for this benchmark"
 
-    assistant = Assistant(config, args.gguf, args.tokenizer)
+    assistant = Assistant(config, args.gguf, args.tokenizer, threads=serving_threads())  # as `raftune serve` runs it
     load = os.getloadavg()
     port = free_port()
     extra = [f for flag, value in (("--gguf", args.gguf), ("--tokenizer", args.tokenizer)) if value

@@ -258,9 +258,10 @@ def _fidelity(args):
 
 
 def _assistant(args):
-    from raftune.serve.assistant import Assistant, QuestionError
+    from raftune.serve.assistant import Assistant, QuestionError, serving_threads
 
-    assistant = Assistant(_config(args), args.gguf, args.tokenizer, args.allow_failed)
+    threads = serving_threads() if args.command == "serve" else None  # chat: nothing else needs the cores
+    assistant = Assistant(_config(args), args.gguf, args.tokenizer, args.allow_failed, threads)
     if args.command == "serve":
         from raftune.serve.app import serve
 

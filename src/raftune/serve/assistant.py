@@ -9,6 +9,7 @@ question is the evaluated answer. `raftune serve` (OpenAI-compatible API and web
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,8 +74,17 @@ class Prepared:
     max_tokens: int
 
 
+def serving_threads() -> int:
+    """llama.cpp threads for `raftune serve`: every core but one. The HTTP server and its clients need CPU for every
+    streamed token, and llama.cpp's threads wait for each other after every operation, so one that shares its core
+    with them stalls the others (SmolLM2 q8_0 on 2 cores: 32 tokens/s served with 2 threads, 60 with 1;
+    bench/README.md)."""
+    return max(1, len(os.sched_getaffinity(0)) - 1)
+
+
 class Assistant:
-    def __init__(self, config, gguf: str | None = None, tokenizer: str | None = None, allow_failed: bool = False):
+    def __init__(self, config, gguf: str | None = None, tokenizer: str | None = None, allow_failed: bool = False,
+                 threads: int | None = None):
         self.gguf = choose_gguf(config, gguf, allow_failed)
         tokenizer = Path(tokenizer or config.stage_dir("merge") / "model")
         if not tokenizer.is_dir():
@@ -84,7 +94,7 @@ class Assistant:
         self.retriever = build_retriever(config)
         self.top_k, self.max_new_tokens = config.evaluate.top_k, config.evaluate.max_new_tokens
         self.name = f"{config.run}-{self.gguf.name.removesuffix('.gguf')}"
-        self.llm = open_gguf(self.gguf)  # the evaluation's context size (4096)
+        self.llm = open_gguf(self.gguf, n_threads=threads)  # the evaluation's context size (4096); threads None: every core
 
     def prepare(self, question: str, max_tokens: int | None = None) -> Prepared:
         if not isinstance(question, str) or not question.strip():
