@@ -77,8 +77,8 @@ class Prepared:
 def serving_threads() -> int:
     """llama.cpp threads for `raftune serve`: every core but one. The HTTP server and its clients need CPU for every
     streamed token, and llama.cpp's threads wait for each other after every operation, so one that shares its core
-    with them stalls the others (SmolLM2 q8_0 on 2 cores: 32 tokens/s served with 2 threads, 60 with 1;
-    bench/README.md)."""
+    with them stalls the others (SmolLM2 q8_0 on 2 cores: 32 tokens/s served with 2 threads, 53 with 1; RESULTS.md,
+    "Serving latency")."""
     return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
