@@ -20,7 +20,7 @@ install: $(STAMP)
 demo: $(STAMP)   # the tiny model built from the corpus, configs/demo-tiny.yaml (about 5 minutes on 2 cores)
 	$(VENV)/bin/raftune demo
 
-demo-smollm2: $(STAMP)   # SmolLM2-135M-Instruct, configs/demo.yaml (about 25 minutes on 2 cores)
+demo-smollm2: $(STAMP)   # SmolLM2-135M-Instruct, configs/demo.yaml (about 26 minutes on 2 cores)
 	$(VENV)/bin/raftune demo --config configs/demo.yaml
 
 test: $(STAMP)
