@@ -49,7 +49,8 @@ def main() -> None:
     data_dir = data_stage.run(config)
     items = load_testset(config.evaluate.testset)
     ctx, _ = contexts(config, items)
-    rows = answers("base", {"path": resolve_base(config)}, config, items, ctx)
+    base = resolve_base(config)
+    rows = answers("base", {"path": base}, config, items, ctx)
     for n, overrides in enumerate(["", *args.candidate]):
         name = f"c{n}"
         shutil.copytree(data_dir, runs / name / "data", dirs_exist_ok=True)
@@ -57,7 +58,7 @@ def main() -> None:
                    f"runs_dir={runs}", f"run={name}", *overrides.split()]
         subprocess.run(command, check=True)
         adapter = runs / name / "train" / "adapter"
-        rows += answers(name, {"path": resolve_base(config), "adapter": str(adapter)}, config, items, ctx)
+        rows += answers(name, {"path": base, "adapter": str(adapter)}, config, items, ctx)
         print(f"{name}: {overrides or '(the recipe as it is)'}", flush=True)
     recorded = args.out / "answers.jsonl"
     recorded.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
