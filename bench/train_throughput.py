@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SEED_CONFIG = ROOT / "configs" / "mistral-7b-qlora-raft.yaml"
 FAST_CONFIG = ROOT / "configs" / "mistral-7b-qlora-raft-fast.yaml"
 MEMORY_CONFIG = ROOT / "configs" / "mistral-7b-qlora-raft-memory.yaml"
+LOWMEM_CONFIG = ROOT / "configs" / "mistral-7b-qlora-raft-lowmem.yaml"
 
 MISTRAL_7B_V03 = dict(vocab_size=32768, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                       num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=32768,
@@ -54,8 +55,8 @@ TINY = dict(MISTRAL_7B_V03, vocab_size=1024, hidden_size=64, intermediate_size=1
 
 
 def recipes(tiny: bool) -> dict[str, list[str]]:
-    """name -> [config file, overrides...]: the seed, the fast recipe, its memory mode, and each lever of the fast
-    recipe switched on alone over the seed."""
+    """name -> [config file, overrides...]: the seed, the fast recipe, its memory and low-memory modes, and each
+    lever of the fast recipe switched on alone over the seed."""
     from raftune.config import load_config
 
     fast = load_config(FAST_CONFIG).fast
@@ -65,11 +66,10 @@ def recipes(tiny: bool) -> dict[str, list[str]]:
             out[f"seed+{lever}"] = [str(SEED_CONFIG), f"fast.{lever}={json.dumps(value)}"]
     out["fast"] = [str(FAST_CONFIG)]
     out["memory"] = [str(MEMORY_CONFIG)]
+    out["lowmem"] = [str(LOWMEM_CONFIG)]
     if tiny:  # the same recipes with CPU-sized batches; floats computed in fp32 (bf16 matmuls are slow on CPUs)
         scale = ["sft.bf16=false", "quantization.bnb_4bit_compute_dtype=float32"]
-        out = {name: [*spec, *scale, *([f"fast.tokens_per_batch={_tiny_budget(spec)}"]
-                                       if any("tokens_per_batch" in s for s in spec) or "fast" in spec[0]
-                                       or "memory" in spec[0] else [])]
+        out = {name: [*spec, *scale, *([f"fast.tokens_per_batch={_tiny_budget(spec)}"] if _tiny_budget(spec) else [])]
                for name, spec in out.items()}
     return out
 
@@ -264,12 +264,37 @@ class StepClock:
         return Clock()
 
 
+def profile_callback(path: Path, step: int):
+    """A TrainerCallback that profiles optimiser step `step` (one more step after the timed ones, so the profiler's
+    overhead never reaches the measured rate) and writes the operators by their own GPU time to `path`."""
+    import torch
+    from transformers import TrainerCallback
+
+    class Profile(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+                self.profiler = torch.profiler.profile(activities=activities)
+                self.profiler.__enter__()
+                self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == step + 1 and hasattr(self, "profiler"):
+                torch.cuda.synchronize()
+                wall = time.perf_counter() - self.started
+                self.profiler.__exit__(None, None, None)
+                table = self.profiler.key_averages().table(sort_by="self_cuda_time_total", row_limit=40)
+                path.write_text(f"one optimiser step, {wall:.3f} s wall under the profiler\n{table}\n")
+
+    return Profile()
+
+
 def measure_overrides(args) -> list[str]:
     """What the bench changes in a recipe: a fixed number of steps, no evaluation, checkpoints or reports, a loss
     logged every step (for comparing runs); CPU runs use plain AdamW (8-bit AdamW needs CUDA)."""
     import torch
 
-    out = [f"sft.max_steps={args.warmup + args.steps}", "sft.eval_strategy=no", "sft.save_strategy=no",
+    out = [f"sft.max_steps={args.warmup + args.steps + bool(args.profile)}", "sft.eval_strategy=no", "sft.save_strategy=no",
            "sft.report_to=none", "sft.logging_steps=1", "sft.disable_tqdm=true"]
     if not torch.cuda.is_available():
         out.append("sft.optim=adamw_torch")
@@ -296,7 +321,10 @@ def run_recipe(name: str, spec: list[str], args) -> dict | None:
     device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
     clock = StepClock.make(args.warmup, args.steps, device)
     out_dir = Path(tempfile.mkdtemp(prefix=f"raftune-bench-{name}-"))  # Trainer's output_dir; nothing is saved
-    trainer = make_trainer(config, args.base, tokenizer, train_set, None, out_dir, [clock])
+    callbacks = [clock]
+    if args.profile and device.type == "cuda":
+        callbacks.append(profile_callback(Path(args.out) / f"profile-{name}.txt", args.warmup + args.steps))
+    trainer = make_trainer(config, args.base, tokenizer, train_set, None, out_dir, callbacks)
     fast._decoder(trainer.model).register_forward_pre_hook(clock.hook, with_kwargs=True)
     lora_params = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     if device.type == "cuda":
@@ -451,6 +479,20 @@ def peer_table(rows: list[dict], ours: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def peer_ratios(ours: dict[str, dict], peers: list[dict]) -> list[str]:
+    """Each recipe against the peer row it has to beat: the fast recipe against the peer's fastest, the memory
+    modes against the peer's settings of about their memory (its padding-free batch 8, its padded batch 2)."""
+    settings = {"best": max(peers, key=lambda r: r["tokens_per_s"])}
+    settings.update({key: r for r in peers for key in ("padding free 8", "padded 2") if r["recipe"].endswith(key)})
+    lines = []
+    for name, key in (("fast", "best"), ("memory", "padding free 8"), ("lowmem", "padded 2"), ("seed", "best")):
+        if name in ours and key in settings:
+            mine, theirs = ours[name], settings[key]
+            lines.append(f"{name} / {theirs['recipe']}: {mine['tokens_per_s'] / theirs['tokens_per_s']:.2f}x real "
+                         f"tokens/s, peak {mine['peak_gib']:.1f} against {theirs['peak_gib']:.1f} GiB")
+    return lines
+
+
 WORKER_ENV = {
     # variable-length batches fragment torch's caching allocator; expandable segments keep what it reserves near
     # what is allocated, for every recipe alike
@@ -530,6 +572,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="optimiser steps before the clock starts")
     parser.add_argument("--steps", type=int, default=6, help="optimiser steps timed after the warm-up")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", action="store_true",
+                        help="profile one more step per recipe after the timed ones: <out>/profile-<recipe>.txt")
     parser.add_argument("--parity", action="store_true", help="also the loss-parity check (tiny model, RAFT rows)")
     parser.add_argument("--parity-steps", type=int, default=50)
     parser.add_argument("--parity-tokens", type=int, default=4096, help="real tokens per optimiser step in parity")
@@ -627,12 +671,8 @@ def main() -> None:
     text = table(rows, peak) if rows else ""
     by = {r["recipe"]: r for r in rows}
     if peers:
-        best = max(peers, key=lambda r: r["tokens_per_s"])
-        text += "\n\n" + peer_table(peers, {n: by[n] for n in ("fast", "memory", "seed") if n in by})
-        for name in ("seed", "memory", "fast"):
-            if name in by:
-                text += (f"\n{name} / {args.peer} best ({best['recipe']}) real tokens/s: "
-                         f"{by[name]['tokens_per_s'] / best['tokens_per_s']:.2f}x")
+        text += "\n\n" + peer_table(peers, {n: by[n] for n in ("fast", "memory", "lowmem", "seed") if n in by})
+        text += "".join(f"\n{line}" for line in peer_ratios(by, peers))
     (out / "table.md").write_text(text + "\n")
     print(text)
     for name in ("memory", "fast"):  # the fast recipe's ratio last

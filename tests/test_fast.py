@@ -132,6 +132,33 @@ def test_fused_lora_matches_peft_forward_and_backward():
     assert all((g - r).norm() < 3e-2 * r.norm() for g, r in zip(got_grads, ref_grads))
 
 
+def test_fused_lora_with_dropout_trains_as_peft_does():
+    """With LoRA dropout on, the fused product draws the same masks as peft's path (same seed, same order) and gives
+    the same loss and adapter gradients in training mode."""
+    from peft import LoraConfig, get_peft_model
+
+    x = torch.randn(2, 11, 64)
+    outs = []
+    for fused in (False, True):
+        model = get_peft_model(_tiny_lm(), LoraConfig(r=8, lora_alpha=16, lora_dropout=0.3,
+                                                     target_modules=["q_proj", "v_proj", "down_proj"]))
+        model.train()
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.data.normal_(generator=torch.Generator().manual_seed(len(name)))
+        if fused:
+            fast._fuse_lora(model)
+        torch.manual_seed(5)  # the dropout masks
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(inputs_embeds=x).logits
+        out.float().sum().backward()
+        outs.append((out.float(), [p.grad.float() for n, p in sorted(model.named_parameters()) if "lora_" in n]))
+    (ref, ref_grads), (got, got_grads) = outs
+    assert not torch.allclose(ref, _tiny_lm()(inputs_embeds=x).logits, atol=1e-2)  # the adapter and dropout matter
+    assert (got - ref).norm() < 2e-2 * ref.norm()
+    assert all((g - r).norm() < 3e-2 * r.norm() for g, r in zip(got_grads, ref_grads))
+
+
 def test_gpu_levers_fall_back_with_one_line_each_and_fast_training_runs(tmp_path, tiny_cache, capsys):
     """`raftune train` with every lever on, on a machine without CUDA: liger and bf16_frozen each warn once, the
     other levers are on, and training runs to the end with a falling loss."""
@@ -206,3 +233,16 @@ def test_fused_lora_takes_peft_path_when_lora_b_is_wrapped():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             outs.append(model(inputs_embeds=x).logits.float())
     assert torch.allclose(outs[0], outs[1])
+
+
+def test_bench_fast_quality_tiny_compares_held_out_losses(tmp_path):
+    """bench/fast_quality.py on the CPU: two recipes trained through `raftune train`, each with its held-out loss
+    and the comparison line against the seed recipe."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "fast_quality.py"), "--tiny", "--recipes", "seed",
+                           "fast", "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "quality.json").read_text())["rows"]
+    assert [r["recipe"] for r in rows] == ["seed", "fast"]
+    assert all(r["heldout_loss"] > 0 and r["steps"] > 0 for r in rows)
+    assert rows[0]["steps"] > rows[1]["steps"]  # the fast recipe's steps are larger, so fewer
+    assert "fast held-out loss vs seed:" in proc.stdout.splitlines()[-1]

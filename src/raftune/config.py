@@ -88,6 +88,7 @@ class FastConfig:
     tokens_per_batch: int = 0  # 0: sft.per_device_train_batch_size examples a batch; N: whole examples up to N tokens
     liger: bool = False  # Liger's fused RMSNorm, RoPE, SwiGLU and linear cross-entropy (CUDA, liger-kernel installed)
     checkpoint_layers: int | None = None  # None: sft.activation_checkpointing; N: recompute the first N layers only
+    offload_checkpoints: bool = False  # the recomputed layers' inputs wait in host memory (CUDA)
     bf16_frozen: bool = False  # keep frozen norms, embeddings and lm_head bf16 (peft's kbit preparation casts to fp32)
     fused_lora: bool = False  # LoRA's product added in the GEMM epilogue (addmm), not by peft's clone/scale/add
     completion_logits: bool = False  # lm_head and loss only where a label is (CPU and GPU; small models gain most)

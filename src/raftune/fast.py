@@ -12,6 +12,8 @@ alone (bench/train_throughput.py measures them one at a time):
                      materialises the logits (CUDA with liger-kernel installed).
   checkpoint_layers  selective activation checkpointing: only the first N decoder layers recompute their activations;
                      None leaves it to `sft.activation_checkpointing` (every layer or none).
+  offload_checkpoints  the recomputed layers' inputs kept in pinned host memory, not on the GPU, until the backward
+                     pass (CUDA): a layer's input per token less for each recomputed layer.
   bf16_frozen        keep the frozen norms, embeddings and lm_head in bf16; peft's prepare_model_for_kbit_training
                      casts them to fp32, which makes the whole residual stream (and every saved activation) fp32
                      (CUDA: bf16 arithmetic is slow on most CPUs).
@@ -35,7 +37,8 @@ from raftune.models import fsdp_checkpointing
 from raftune.sft_data import MaskedCollator
 
 PACKED_ATTENTION = "raftune_packed"
-GPU_LEVERS = ("liger", "bf16_frozen")  # Liger is Triton (CUDA); bf16 arithmetic is slow on most CPUs
+# Liger is Triton (CUDA); bf16 arithmetic is slow on most CPUs; offloading overlaps copies on a CUDA stream
+GPU_LEVERS = ("liger", "bf16_frozen", "offload_checkpoints")
 
 
 def enabled(fast) -> bool:
@@ -272,9 +275,42 @@ def _decoder(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def set_checkpointing(model, layers: int) -> None:
+class _HostOffload:
+    """Saved-tensor hooks that keep a checkpointed layer's input in pinned host memory until the backward pass needs
+    it. The copy to the host runs on a side stream, so the GPU does not wait for it; the copy back precedes the
+    layer's recomputation, which needs the input anyway."""
+
+    def __init__(self):
+        self.stream = torch.cuda.Stream()
+
+    def pack(self, tensor):
+        if not tensor.is_cuda or tensor.numel() < 2**16:  # the layer's small inputs stay where they are
+            return tensor
+        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
+            host.copy_(tensor, non_blocking=True)
+        tensor.record_stream(self.stream)  # its memory is not reused before the copy has read it
+        return tensor.device, host, self.stream.record_event()
+
+    @staticmethod
+    def unpack(packed):
+        if isinstance(packed, torch.Tensor):
+            return packed
+        device, host, copied = packed
+        torch.cuda.current_stream().wait_event(copied)
+        return host.to(device, non_blocking=True)
+
+    def wrap(self, checkpoint):
+        def offloaded(*args, **kwargs):
+            with torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack):
+                return checkpoint(*args, **kwargs)
+        return offloaded
+
+
+def set_checkpointing(model, layers: int, offload: bool = False) -> None:
     """Recompute the activations of the first `layers` decoder layers in the backward pass (non-reentrant); keep the
-    rest. 0 turns checkpointing off."""
+    rest. 0 turns checkpointing off. `offload`: the recomputed layers' inputs wait in host memory (CUDA)."""
     lm = _decoder(model)
     decoder_layers = lm.model.layers
     if layers <= 0:
@@ -285,8 +321,11 @@ def set_checkpointing(model, layers: int) -> None:
         enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    hooks = _HostOffload() if offload else None
     for index, layer in enumerate(decoder_layers):
         layer.gradient_checkpointing = index < layers
+        if hooks and layer.gradient_checkpointing:
+            layer._gradient_checkpointing_func = hooks.wrap(layer._gradient_checkpointing_func)
     lm.config.use_cache = False
 
 
@@ -323,23 +362,46 @@ def _apply_liger(model, config) -> bool:
     return True
 
 
+class _LoraProduct(torch.autograd.Function):
+    """result + scale * (x @ A^T) @ B^T with the last product added in addmm's epilogue; x is the adapter's input
+    after its dropout. Kept for the backward pass: x (the frozen layer keeps it too when there is no dropout) and
+    the rank-r product, nothing of the output's width."""
+
+    @staticmethod
+    def forward(ctx, result, x, a_weight, b_weight, scale: float):
+        a = x @ a_weight.t().to(x.dtype)
+        out = torch.addmm(result.reshape(-1, result.shape[-1]), a.reshape(-1, a.shape[-1]),
+                          b_weight.t().to(x.dtype), alpha=scale)
+        ctx.save_for_backward(x, a, a_weight, b_weight)
+        ctx.scale = scale
+        return out.view(result.shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, a, a_weight, b_weight = ctx.saved_tensors
+        grad2, a2 = grad.reshape(-1, grad.shape[-1]), a.reshape(-1, a.shape[-1])
+        grad_b = ctx.scale * (grad2.t() @ a2)
+        grad_a_out = ctx.scale * (grad2 @ b_weight.to(grad.dtype))  # d loss / d (x @ A^T)
+        grad_a = grad_a_out.t() @ x.reshape(-1, x.shape[-1])
+        grad_x = (grad_a_out @ a_weight.to(grad.dtype)).view(x.shape)
+        return grad, grad_x, grad_a.to(a_weight.dtype), grad_b.to(b_weight.dtype), None
+
+
 def _fused_lora_forward(self, x, *args, **kwargs):
     """peft's LoRA forward, base(x) + scaling * B(A(dropout(x))), with the adapter's product added inside the
-    second GEMM (addmm's epilogue) instead of peft's clone, multiply and add passes over the full-width output.
+    second GEMM (`_LoraProduct`) instead of peft's clone, multiply and add passes over the full-width output.
     Anything but one plain adapter under autocast (merged, disabled, a variant such as DoRA) takes peft's path."""
     names = self.active_adapters
-    # Under FSDP lora_B is wrapped and its weight is a shard outside its own forward: peft's path calls it.
+    # Under FSDP lora_A/lora_B are wrapped and their weights are shards outside their own forward: peft's path.
     if (args or kwargs or self.disable_adapters or self.merged or len(names) != 1 or names[0] not in self.lora_A
             or names[0] in getattr(self, "lora_variant", {}) or not torch.is_autocast_enabled(x.device.type)
+            or type(self.lora_A[names[0]]) is not torch.nn.Linear
             or type(self.lora_B[names[0]]) is not torch.nn.Linear):
         return type(self).forward(self, x, *args, **kwargs)
     name = names[0]
-    result = self.base_layer(x)
-    a = self.lora_A[name](self.lora_dropout[name](x))
-    weight = self.lora_B[name].weight
-    out = torch.addmm(result.reshape(-1, result.shape[-1]), a.reshape(-1, a.shape[-1]), weight.t(),
-                      alpha=self.scaling[name])
-    return out.view(result.shape)
+    x = x.to(torch.get_autocast_dtype(x.device.type))
+    return _LoraProduct.apply(self.base_layer(x), self.lora_dropout[name](x), self.lora_A[name].weight,
+                              self.lora_B[name].weight, self.scaling[name])
 
 
 def _fuse_lora(model) -> int:
@@ -378,8 +440,11 @@ def apply(model, config) -> dict:
     lm = _decoder(model)
     active = {}
     layers = checkpoint_layers(config, len(lm.model.layers))
-    set_checkpointing(model, layers)
+    offload = bool(fast.offload_checkpoints and layers and cuda)
+    set_checkpointing(model, layers, offload)
     active["checkpoint_layers"] = layers
+    if offload:
+        active["offload_checkpoints"] = True
     if fast.packing:
         lm.set_attn_implementation(register_packed_attention())
         active["packing"] = True
