@@ -28,14 +28,25 @@ BUDGET_S = 15 * 60.0
 BUDGET_BYTES = 4e9
 
 
-def tree_rss(process: psutil.Process) -> int:
-    total = 0
+def tree_rss(process: psutil.Process) -> list[tuple[int, str]]:
+    """(resident bytes, short command line) of the process and each of its descendants."""
+    out = []
     for p in [process, *process.children(recursive=True)]:
         try:
-            total += p.memory_info().rss
+            out.append((p.memory_info().rss, " ".join(p.cmdline())[-70:]))
         except psutil.NoSuchProcess:
             pass
-    return total
+    return out
+
+
+def stage_at(seconds: float, timings: dict) -> str:
+    """The stage that was running `seconds` after the start, from the stages' durations in their order."""
+    elapsed = 0.0
+    for stage, duration in timings.items():
+        elapsed += duration
+        if seconds <= elapsed:
+            return stage
+    return "after the last stage"
 
 
 def main() -> None:
@@ -50,14 +61,17 @@ def main() -> None:
         env["RAFTUNE_CACHE"] = tempfile.mkdtemp(prefix="raftune-cold-")
     runs = tempfile.mkdtemp(prefix="raftune-bench-")
     command = [sys.executable, "-m", "raftune", "demo", "--config", args.config, f"runs_dir={runs}", *args.overrides]
-    peak, done = [0], threading.Event()
+    peak, done = [0, 0.0, []], threading.Event()  # bytes, seconds after the start, the processes then
     started = time.time()
     child = subprocess.Popen(command, env=env)
     process = psutil.Process(child.pid)
 
     def sample():
         while not done.is_set():
-            peak[0] = max(peak[0], tree_rss(process))
+            processes = tree_rss(process)
+            total = sum(rss for rss, _ in processes)
+            if total > peak[0]:
+                peak[:] = [total, time.time() - started, processes]
             done.wait(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -80,6 +94,8 @@ def main() -> None:
     single = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # kB on Linux; catches short spikes
     print(f"peak resident memory: {peak[0] / 1e9:.2f} GB (demo and its children together, sampled every 0.2 s; "
           f"largest single process {single / 1e9:.2f} GB)")
+    where = "; ".join(f"{rss / 1e9:.2f} GB {cmd}" for rss, cmd in peak[2])
+    print(f"the sampled peak: {peak[1]:.0f} s after the start, in stage {stage_at(peak[1], timings)}: {where}")
     print(f"ratio to the {BUDGET_S / 60:.0f}-minute budget: {total / BUDGET_S:.2f}; "
           f"to the {BUDGET_BYTES / 1e9:.0f} GB budget: {max(peak[0], single) / BUDGET_BYTES:.2f}")
 

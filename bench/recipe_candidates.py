@@ -24,16 +24,16 @@ from raftune.config import load_config
 from raftune.data import stage as data_stage
 from raftune.data.retrieval import contexts
 from raftune.data.testset import load_testset
-from raftune.evaluate.providers import HFProvider
-from raftune.evaluate.stage import results_table, score_file
+from raftune.data.generators import ResponseCache
+from raftune.evaluate.stage import answer_all, results_table, score_file
 from raftune.models import resolve_base
 
 
-def answers(name: str, spec: dict, config, items, ctx) -> list[dict]:
-    provider = HFProvider({"name": name, "kind": "hf", **spec}, config.evaluate.max_new_tokens, 64)
-    prompts = [provider.render(item.question, [c["text"] for c in c_]) for item, c_ in zip(items, ctx)]
-    return [{"model": name, "test_id": items[i].test_id, "question_id": items[i].question_id, "answer": a.text}
-            for i, a in provider.generate(prompts)]
+def answers(name: str, spec: dict, config, items, ctx, cache: ResponseCache) -> list[dict]:
+    """The evaluation's own answering (renderer, batching, greedy decoding) with its answer cache, keyed by the
+    model's weight files: a rerun into the same folder reuses the base model's answers."""
+    rows = answer_all(config, [{"name": name, "kind": "hf", **spec}], items, ctx, cache)
+    return [{key: row[key] for key in ("model", "test_id", "question_id", "answer")} for row in rows]
 
 
 def main() -> None:
@@ -50,7 +50,8 @@ def main() -> None:
     items = load_testset(config.evaluate.testset)
     ctx, _ = contexts(config, items)
     base = resolve_base(config)
-    rows = answers("base", {"path": base}, config, items, ctx)
+    cache = ResponseCache(args.out / "responses.jsonl")
+    rows = answers("base", {"path": base}, config, items, ctx, cache)
     for n, overrides in enumerate(["", *args.candidate]):
         name = f"c{n}"
         shutil.copytree(data_dir, runs / name / "data", dirs_exist_ok=True)
@@ -58,7 +59,7 @@ def main() -> None:
                    f"runs_dir={runs}", f"run={name}", *overrides.split()]
         subprocess.run(command, check=True)
         adapter = runs / name / "train" / "adapter"
-        rows += answers(name, {"path": base, "adapter": str(adapter)}, config, items, ctx)
+        rows += answers(name, {"path": base, "adapter": str(adapter)}, config, items, ctx, cache)
         print(f"{name}: {overrides or '(the recipe as it is)'}", flush=True)
     recorded = args.out / "answers.jsonl"
     recorded.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")

@@ -399,7 +399,7 @@ def _fused_lora_forward(self, x, *args, **kwargs):
             or type(self.lora_B[names[0]]) is not torch.nn.Linear):
         return type(self).forward(self, x, *args, **kwargs)
     name = names[0]
-    x = x.to(torch.get_autocast_dtype(x.device.type))
+    x = x.to(torch.get_autocast_dtype(x.device.type))  # one copy in the compute dtype, kept for both products
     return _LoraProduct.apply(self.base_layer(x), self.lora_dropout[name](x), self.lora_A[name].weight,
                               self.lora_B[name].weight, self.scaling[name])
 
