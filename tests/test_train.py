@@ -6,6 +6,7 @@ from datasets import load_from_disk
 from raftune.data import stage as data_stage
 from raftune.models import load_tokenizer, resolve_base
 from raftune.sft_data import tokenize_rows
+from raftune import train
 from raftune.train import label_view, make_trainer
 
 from conftest import mini_config
@@ -71,3 +72,26 @@ def test_base_frozen_and_every_adapter_weight_changes(tmp_path, tiny_cache):
     assert lora and all(params[n].requires_grad for n in lora)
     changed = {n for n in params if not torch.equal(before[n], params[n].detach())}
     assert changed == set(lora), f"unexpected: {sorted(changed ^ set(lora))[:5]}"
+
+
+def test_completion_loss_is_the_mean_cross_entropy_of_the_answer_tokens():
+    """completion_loss projects only the labelled positions, one row at a time: the same value as the mean
+    cross-entropy over the answer tokens from the full logits of every row."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(vocab_size=90, hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                             head_dim=8))
+    rows = [{"input_ids": torch.randint(1, 90, (n,)).tolist(), "completion_mask": [0] * (n - k) + [1] * k}
+            for n, k in ((12, 4), (20, 9), (7, 1))]
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for row in rows:
+            ids = torch.tensor([row["input_ids"]])
+            logits = model(input_ids=ids).logits[0, :-1]
+            labelled = torch.tensor(row["completion_mask"][1:]).bool()
+            total += torch.nn.functional.cross_entropy(logits[labelled], ids[0, 1:][labelled], reduction="sum").item()
+            count += int(labelled.sum())
+    assert count == 4 + 9 + 1
+    assert abs(train.completion_loss(model, rows, pad_token_id=0) - total / count) < 1e-5

@@ -195,8 +195,10 @@ def make_trainer(config: RunConfig, base: str, tokenizer, train_set, eval_set, o
     return build(config, model, args, tokenizer, train_set, eval_set, list(callbacks))
 
 
-def completion_loss(model, dataset, pad_token_id: int, batch_size: int = 8) -> float:
-    """Mean cross-entropy over completion tokens only: the one loss that compares recipes whatever they trained on."""
+def completion_loss(model, dataset, pad_token_id: int) -> float:
+    """Mean cross-entropy over completion tokens only: the one loss that compares recipes whatever they trained on.
+    One row at a time, with logits only at the positions whose next token is a label (`logits_to_keep`): a
+    SmolLM2 row of 700 tokens would otherwise hold 700 x 49,152 float logits, and a batch of them gigabytes."""
     import torch
 
     collate = MaskedCollator(pad_token_id)
@@ -204,14 +206,16 @@ def completion_loss(model, dataset, pad_token_id: int, batch_size: int = 8) -> f
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
-        for start in range(0, len(dataset), batch_size):
-            batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-            batch = {k: v.to(model.device) for k, v in batch.items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-            labels = batch["labels"][:, 1:]
-            loss = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100,
-                                                     reduction="sum")
-            total, count = total + loss.item(), count + (labels != -100).sum().item()
+        for index in range(len(dataset)):
+            batch = {k: v.to(model.device) for k, v in collate([dataset[index]]).items()}
+            targets = batch["labels"][0, 1:]
+            keep = (targets != -100).nonzero().squeeze(1)
+            if not len(keep):
+                continue
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           logits_to_keep=keep).logits[0]
+            loss = torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum")
+            total, count = total + loss.item(), count + len(keep)
     model.train(was_training)
     return total / max(count, 1)
 
