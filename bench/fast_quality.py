@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from train_throughput import with_variants  # bench/ is this script's own folder
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {"seed": "configs/mistral-7b-qlora-raft.yaml", "fast": "configs/mistral-7b-qlora-raft-fast.yaml",
            "memory": "configs/mistral-7b-qlora-raft-memory.yaml", "lowmem": "configs/mistral-7b-qlora-raft-lowmem.yaml"}
@@ -85,10 +87,7 @@ def main() -> None:
     if args.tiny:
         args.base, args.epochs = "tiny", min(args.epochs, 1)
     recipes = {name: [path] for name, path in RECIPES.items()}
-    for extra in args.extra:
-        name, _, rest = extra.partition("=")
-        base, _, more = rest.partition(":")
-        recipes[name] = [*recipes[base], *filter(None, more.split(","))]
+    with_variants(recipes, args.extra)
     if args.one:
         print("ROW " + json.dumps(run_one(args, args.one, recipes[args.one])), flush=True)
         return

@@ -74,6 +74,14 @@ def recipes(tiny: bool) -> dict[str, list[str]]:
     return out
 
 
+def with_variants(recipes: dict[str, list[str]], extras: list[str]) -> None:
+    """Add each `NAME=RECIPE:key=value,key=value` of `extras` to `recipes`: RECIPE's spec with those overrides."""
+    for extra in extras:
+        name, _, rest = extra.partition("=")
+        base, _, overrides = rest.partition(":")
+        recipes[name] = [*recipes[base], *filter(None, overrides.split(","))]
+
+
 def _tiny_budget(spec: list[str]) -> int:
     from raftune.config import load_config
 
@@ -593,10 +601,7 @@ def main() -> None:
     import torch
 
     all_recipes = recipes(args.tiny)
-    for extra in args.extra:
-        name, _, rest = extra.partition("=")
-        base, _, overrides = rest.partition(":")
-        all_recipes[name] = [*all_recipes[base], *filter(None, overrides.split(","))]
+    with_variants(all_recipes, args.extra)
     if args.worker:  # one recipe in this process (one of several under accelerate launch); NAME@K: K-step accumulation
         name, _, accumulate = args.worker.partition("@")
         spec = all_recipes[name] + ([f"sft.gradient_accumulation_steps={accumulate}"] if accumulate else [])
