@@ -159,6 +159,43 @@ def test_fused_lora_with_dropout_trains_as_peft_does():
     assert all((g - r).norm() < 3e-2 * r.norm() for g, r in zip(got_grads, ref_grads))
 
 
+def test_fused_lora_on_a_4bit_layer_matches_peft():
+    """On a bitsandbytes NF4 layer without dropout the fused node computes both products and adds the input
+    gradients in place: the same output, input gradient and adapter gradients as peft's LoRA layer over bitsandbytes."""
+    import bitsandbytes as bnb
+    from peft import LoraConfig, get_peft_model
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            dense = torch.nn.Linear(64, 48, bias=False)
+            self.q_proj = bnb.nn.Linear4bit(64, 48, bias=False, compute_dtype=torch.bfloat16, quant_type="nf4")
+            self.q_proj.weight = bnb.nn.Params4bit(dense.weight.data.clone(), requires_grad=False, quant_type="nf4")
+            self.q_proj.to("cpu")
+
+        def forward(self, x):
+            return self.q_proj(x)
+
+    x0 = torch.randn(3, 7, 64, dtype=torch.bfloat16)
+    outs = []
+    for fused in (False, True):
+        model = get_peft_model(Block(), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj"]))
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.data.normal_(generator=torch.Generator().manual_seed(3))
+        if fused:
+            assert fast._fuse_lora(model) == 1
+        x = x0.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+        out.float().square().sum().backward()
+        outs.append([out.float(), x.grad.float(),
+                     *[p.grad.float() for n, p in sorted(model.named_parameters()) if "lora_" in n]])
+    for ref, got in zip(*outs):
+        assert (got - ref).norm() <= 2e-2 * ref.norm()
+
+
 def test_gpu_levers_fall_back_with_one_line_each_and_fast_training_runs(tmp_path, tiny_cache, capsys):
     """`raftune train` with every lever on, on a machine without CUDA: liger and bf16_frozen each warn once, the
     other levers are on, and training runs to the end with a falling loss."""

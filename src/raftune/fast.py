@@ -33,7 +33,7 @@ import random
 
 import torch
 
-from raftune.models import fsdp_checkpointing
+from raftune.models import fsdp_checkpointing, under_fsdp
 from raftune.sft_data import MaskedCollator
 
 PACKED_ATTENTION = "raftune_packed"
@@ -387,6 +387,46 @@ class _LoraProduct(torch.autograd.Function):
         return grad, grad_x, grad_a.to(a_weight.dtype), grad_b.to(b_weight.dtype), None
 
 
+class _Lora4bitProduct(torch.autograd.Function):
+    """x @ W^T + scale * (x @ A^T) @ B^T for a bitsandbytes 4-bit W, both products in one node. The backward pass
+    adds the adapter's input gradient into the frozen layer's in place (addmm_) instead of autograd adding two
+    full-width gradients of the same input; W is dequantised as bitsandbytes does, once a pass."""
+
+    @staticmethod
+    def forward(ctx, x, weight, a_weight, b_weight, scale: float):
+        x2 = x.reshape(-1, x.shape[-1])
+        a = x2 @ a_weight.t().to(x.dtype)
+        out = x2 @ _dequantized(weight, x.dtype).t()
+        out.addmm_(a, b_weight.t().to(x.dtype), alpha=scale)
+        ctx.save_for_backward(x, a, a_weight, b_weight)
+        ctx.weight, ctx.scale = weight, scale
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, a, a_weight, b_weight = ctx.saved_tensors
+        grad2 = grad.reshape(-1, grad.shape[-1])
+        grad_b = ctx.scale * (grad2.t() @ a)
+        grad_a_out = ctx.scale * (grad2 @ b_weight.to(grad.dtype))  # d loss / d (x @ A^T)
+        grad_a = grad_a_out.t() @ x.reshape(-1, x.shape[-1])
+        grad_x = grad2 @ _dequantized(ctx.weight, grad.dtype)
+        grad_x.addmm_(grad_a_out, a_weight.to(grad.dtype))
+        return grad_x.view(x.shape), None, grad_a.to(a_weight.dtype), grad_b.to(b_weight.dtype), None
+
+
+def _dequantized(weight, dtype) -> torch.Tensor:
+    import bitsandbytes as bnb
+
+    return bnb.functional.dequantize_4bit(weight.data, weight.quant_state).to(dtype)
+
+
+def _plain_4bit(layer) -> bool:
+    """A bitsandbytes 4-bit linear layer without bias, its weight whole (not an FSDP shard)."""
+    weight = getattr(layer, "weight", None)
+    return (type(weight).__name__ == "Params4bit" and getattr(weight, "quant_state", None) is not None
+            and getattr(layer, "bias", None) is None and not under_fsdp())
+
+
 def _fused_lora_forward(self, x, *args, **kwargs):
     """peft's LoRA forward, base(x) + scaling * B(A(dropout(x))), with the adapter's product added inside the
     second GEMM (`_LoraProduct`) instead of peft's clone, multiply and add passes over the full-width output.
@@ -400,8 +440,10 @@ def _fused_lora_forward(self, x, *args, **kwargs):
         return type(self).forward(self, x, *args, **kwargs)
     name = names[0]
     x = x.to(torch.get_autocast_dtype(x.device.type))  # one copy in the compute dtype, kept for both products
-    return _LoraProduct.apply(self.base_layer(x), self.lora_dropout[name](x), self.lora_A[name].weight,
-                              self.lora_B[name].weight, self.scaling[name])
+    a_weight, b_weight, scale = self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name]
+    if isinstance(self.lora_dropout[name], torch.nn.Identity) and _plain_4bit(self.base_layer):
+        return _Lora4bitProduct.apply(x, self.base_layer.weight, a_weight, b_weight, scale)
+    return _LoraProduct.apply(self.base_layer(x), self.lora_dropout[name](x), a_weight, b_weight, scale)
 
 
 def _fuse_lora(model) -> int:
