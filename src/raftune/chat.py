@@ -24,6 +24,15 @@ MISTRAL_CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}"
 )
 
+# Gemma's turn format, for the Gemma 3 pretrained base, which ships without a template. The answer ends with
+# `<end_of_turn>`, which that base's tokenizer is given as its EOS.
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+
 
 def user_message(question: str, documents: list[str]) -> str:
     """The user turn: instruction, the context documents, the question (the seed's layout)."""

