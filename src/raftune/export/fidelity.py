@@ -9,7 +9,8 @@ retrieved context, rendered with the training chat template):
   `<|im_start|>`/`<|im_end|>`) parsed as single control tokens;
 - logits at up to `POSITIONS` evenly spaced positions of each prompt, its last included: NMSE, KL divergence (mean
   and 99th percentile), top-1 agreement. HF projects only those positions; every position would cost seconds and
-  hundreds of MB a prompt with a 262k vocabulary, and ~700 positions decide a 99 % top-1 gate as well as ~3,000.
+  hundreds of MB a prompt with a 262k vocabulary (Gemma's f16 demo GGUF: top-1 99.74 % over the 768 positions of
+  6 prompts, 99.87 % over all 1,548).
   Where the token sequences differ, positions do not line up and only the first answer token's distribution
   (the last prompt position) is compared;
 - greedy continuation over `greedy_tokens` tokens: the share that agrees before the first divergence, and
