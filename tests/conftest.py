@@ -59,6 +59,21 @@ def mini_run(tmp_path_factory, tiny_cache):
     return config, summary
 
 
+def assert_f16_gguf_passes_the_fidelity_gate(config, folder: Path, out: Path) -> None:
+    """llama.cpp's converter on a packaged base's HF folder, then the fidelity report on two test prompts."""
+    from raftune.data.retrieval import build_retriever
+    from raftune.export import fidelity
+    from raftune.export.stage import export
+    from raftune.models import load_tokenizer
+
+    gguf = out / f"{folder.name}-f16.gguf"
+    export(folder, gguf, "f16")
+    prompts = fidelity.fidelity_prompts(load_tokenizer(str(folder)), config.evaluate.testset, build_retriever(config), 1, 2)
+    report = fidelity.compare(folder, gguf, prompts, greedy_tokens=8)
+    assert report["tokenization_match"] and report["control_tokens_parsed"] and not fidelity.gate(report)
+    assert report["nmse"] < 1e-4 and report["top1_agreement"] >= 0.99
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -8,13 +8,10 @@ import torch
 
 from raftune.chat import encode, render_example
 from raftune.config import load_config
-from raftune.data.retrieval import build_retriever
-from raftune.export import fidelity
-from raftune.export.stage import export
 from raftune.manifest import base_provenance
 from raftune.models import load_model, load_tokenizer, resolve_base
 
-from conftest import ROOT
+from conftest import ROOT, assert_f16_gguf_passes_the_fidelity_gate
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +41,4 @@ def test_gemma_base_is_built_from_its_part_packages_with_gemma_turns(gemma):
 
 def test_f16_gguf_of_gemma_passes_the_fidelity_gate(gemma, tmp_path):
     config, folder = gemma
-    export(folder, tmp_path / "gemma-f16.gguf", "f16")
-    prompts = fidelity.fidelity_prompts(load_tokenizer(str(folder)), config.evaluate.testset, build_retriever(config), 1, 2)
-    report = fidelity.compare(folder, tmp_path / "gemma-f16.gguf", prompts, greedy_tokens=8)
-    assert report["tokenization_match"] and report["control_tokens_parsed"] and not fidelity.gate(report)
-    assert report["nmse"] < 1e-4 and report["top1_agreement"] >= 0.99
+    assert_f16_gguf_passes_the_fidelity_gate(config, folder, tmp_path)
