@@ -8,7 +8,7 @@ from raftune import RaftuneError
 from raftune.chat import encode, render_prompt
 from raftune.data.testset import load_testset
 from raftune.export.gguf_check import check_gguf, read_gguf
-from raftune.llama_runtime import open_gguf
+from raftune.llama_runtime import gguf_logits, open_gguf
 from raftune.models import load_model, load_tokenizer
 
 from conftest import MINI
@@ -68,6 +68,9 @@ def test_f16_logits_match_transformers(mini_run):
         nmse = ((hf - cpp) ** 2).sum() / (hf ** 2).sum()
         assert nmse < 1e-4, nmse
         assert (hf.argmax(-1) == cpp.argmax(-1)).mean() >= 0.99
+        # the fidelity report's logits at chosen positions only: the same numbers as llama-cpp-python's logits_all
+        positions = [0, len(ids) // 2, len(ids) - 1]
+        np.testing.assert_allclose(gguf_logits(llm, ids, positions), cpp[positions], rtol=1e-5, atol=1e-5)
     llm.close()
 
 

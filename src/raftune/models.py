@@ -18,8 +18,11 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
+import numpy as np
 import torch
+from gguf import GGUFReader
 
 from raftune import RaftuneError
 from raftune.chat import GEMMA_CHAT_TEMPLATE
@@ -48,6 +51,20 @@ NAMED_BASES = {
 }
 
 
+class ArrayGGUFReader(GGUFReader):
+    """gguf's reader over a plain ndarray of the file's map (the same bytes). The reader slices its file once per
+    element of every array field, and on numpy's memmap subclass each slice pays memmap's __getitem__ and
+    __array_finalize__: with Gemma 3's 262,144-token vocabulary a read took 54 s, 11 s over a plain ndarray."""
+
+    @property
+    def data(self):
+        return self._data
+
+    @data.setter
+    def data(self, value):
+        self._data = np.asarray(value)
+
+
 def named_base(name: str) -> str:
     """The cached HF folder of a packaged model, built on first use; its provenance in raftune_base.json."""
     import importlib
@@ -71,9 +88,11 @@ def named_base(name: str) -> str:
         gguf = Path(module.__file__).parent / spec.filename
         if not gguf.is_file():  # shipped in parts: the package writes the whole file
             gguf = Path(module.assemble(Path(scratch) / spec.filename))
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        loaded = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                                   dtype=torch.float32)
+        # transformers reads the GGUF three times (config, tokenizer, weights), each through gguf's reader
+        with mock.patch("gguf.GGUFReader", ArrayGGUFReader):
+            tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            loaded = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                                       dtype=torch.float32)
         sha256 = sha256_file(gguf)
     config = loaded.config
     config.__dict__.pop("quantization_config", None)  # the GGUF's, which would make every later load a GGUF load

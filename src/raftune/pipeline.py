@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 from raftune import merge, plots, train
 from raftune.config import RunConfig
@@ -13,6 +15,10 @@ from raftune.manifest import write_json
 
 STAGES = [("data", data_stage.run), ("train", train.run), ("merge", merge.run), ("export", export_stage.run),
           ("evaluate", evaluate_stage.run), ("plots", plots.run)]
+# The stages that load a model run in a process of their own: what one frees goes back to the system before the next
+# starts. In one process the allocator kept it (Gemma 3 270M's demo held 2.9 GB after its export, with no model
+# loaded, and its evaluation then peaked 1.2 GB higher than alone).
+OWN_PROCESS = {"train", "merge", "export", "evaluate"}
 
 
 def _cpu_seconds() -> float:
@@ -22,12 +28,17 @@ def _cpu_seconds() -> float:
                for f in ("ru_utime", "ru_stime"))
 
 
+def _in_own_process(run, config: RunConfig):
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(run, config).result()
+
+
 def run_all(config: RunConfig):
     timings, cpu, results = {}, {}, {}
     for name, run in STAGES:
         started, cpu_started = time.time(), _cpu_seconds()
         print(f"\n=== {name} ===")
-        results[name] = run(config)
+        results[name] = _in_own_process(run, config) if name in OWN_PROCESS else run(config)
         timings[name] = round(time.time() - started, 1)
         cpu[name] = round(_cpu_seconds() - cpu_started, 1)
     write_json(config.stage_dir("demo") / "timings.json", timings)

@@ -104,8 +104,11 @@ class HFProvider:
         if self.model is None:
             self._load()
         device = self.model.device
+        encoded = [encode(self.tokenizer, p) for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda n: len(encoded[n]))  # batches of similar length pad less
         for start in range(0, len(prompts), self.batch_size):
-            batch = [encode(self.tokenizer, p) for p in prompts[start:start + self.batch_size]]
+            rows = order[start:start + self.batch_size]
+            batch = [encoded[n] for n in rows]
             width = max(map(len, batch))
             # left padding: every row's answer then starts at column `width`
             ids = torch.tensor([[self.pad] * (width - len(x)) + x for x in batch], device=device)
@@ -115,10 +118,10 @@ class HFProvider:
                 out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.max_new_tokens,
                                           do_sample=False, eos_token_id=self.eos, pad_token_id=self.pad)
             seconds = time.time() - started
-            for i, row in enumerate(out[:, width:].tolist()):
+            for index, row in zip(rows, out[:, width:].tolist()):
                 n = row.index(self.eos) + 1 if self.eos in row else len(row)
                 text = self.tokenizer.decode(row[:n], skip_special_tokens=True).strip()
-                yield start + i, Answer(text, n, seconds, len(batch))
+                yield index, Answer(text, n, seconds, len(batch))
 
     def close(self):
         self.model = None

@@ -41,7 +41,7 @@ from raftune.config import ExportConfig
 from raftune.data.formats import read_records
 from raftune.data.testset import load_testset
 from raftune.export.gguf_check import read_gguf
-from raftune.llama_runtime import open_gguf
+from raftune.llama_runtime import gguf_logits, open_gguf
 from raftune.manifest import make_dir
 from raftune.models import load_model, load_tokenizer
 
@@ -59,10 +59,10 @@ POSITIONS = 128  # logits compared per prompt
 def gguf_type(path) -> str:
     from gguf import LlamaFileType
 
-    field = read_gguf(path).fields.get("general.file_type")
-    if field is None:
+    file_type = read_gguf(path)["file_type"]
+    if file_type is None:
         return "unknown"
-    name = LlamaFileType(int(field.contents())).name  # e.g. MOSTLY_Q4_K_M
+    name = LlamaFileType(int(file_type)).name  # e.g. MOSTLY_Q4_K_M
     return {"ALL_F32": "f32"}.get(name, name.removeprefix("MOSTLY_").lower())
 
 
@@ -99,7 +99,7 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
-def logit_stats(hf: np.ndarray, cpp: np.ndarray, chunk: int = 32) -> dict:
+def logit_stats(hf: np.ndarray, cpp: np.ndarray, chunk: int = 8) -> dict:
     """Per-position comparison of two [positions, vocab] logit arrays (HF is the reference), `chunk` positions at a
     time: float64 copies of whole prompts' logits would take hundreds of MB with a 49k-262k vocabulary."""
     if not np.isfinite(cpp).all():
@@ -184,9 +184,7 @@ def eos_after_references(model, tokenizer, references, llm=None) -> dict:
             hf_p.append(_eos_probability(model(torch.tensor([ids[:end]]), logits_to_keep=1).logits[0, -1].float().numpy(),
                                          eos))
         if llm is not None:
-            llm.reset()
-            llm.eval(ids[:end])
-            cpp_p.append(_eos_probability(np.asarray(llm.scores[end - 1], dtype=np.float32), eos))
+            cpp_p.append(_eos_probability(gguf_logits(llm, ids[:end], [end - 1])[0], eos))
     report = {"eos_references": len(hf_p), "eos_probability_hf": float(np.mean(hf_p))}
     return report | ({"eos_probability": float(np.mean(cpp_p))} if llm is not None else {})
 
@@ -206,12 +204,11 @@ def compare(hf_dir, gguf_path, prompts: list[tuple[str, list[str]]], mode: str =
 
     tokenizer = load_tokenizer(str(hf_dir))
     model = load_model(str(hf_dir)).eval()
-    # llama-cpp-python keeps n_ctx x vocabulary float32 scores with logits_all (805 MB at 4096 x 49,152): size the
-    # context to the longest prompt or reference (HF's count, a margin for the modes that tokenise differently)
+    # a context for the longest prompt or reference (HF's count, a margin for the modes that tokenise differently)
     longest = max([len(encode(tokenizer, render_prompt(tokenizer, q, d))) + greedy_tokens for q, d in prompts]
                   + [len(encode(tokenizer, "".join(render_example(tokenizer, *r)))) for r in references or []])
     n_ctx = min(n_ctx, 256 * -(-(longest + 128) // 256))
-    llm = open_gguf(gguf_path, n_ctx=n_ctx, logits_all=True)
+    llm = open_gguf(gguf_path, n_ctx=n_ctx)
     eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
     controls = [tokenizer.convert_tokens_to_ids(t) for t in ("[INST]", "[/INST]") if t in tokenizer.get_vocab()]
     specials = set(tokenizer.all_special_ids) | set(controls)
@@ -226,9 +223,7 @@ def compare(hf_dir, gguf_path, prompts: list[tuple[str, list[str]]], mode: str =
             np.array([len(hf_ids) - 1])
         with torch.no_grad():
             hf = model(torch.tensor([hf_ids]), logits_to_keep=torch.from_numpy(positions)).logits[0].float().numpy()
-        llm.reset()
-        llm.eval(cpp_ids)
-        cpp = np.asarray(llm.scores[positions if same else [len(cpp_ids) - 1]], dtype=np.float32)
+        cpp = gguf_logits(llm, cpp_ids, positions if same else [len(cpp_ids) - 1])
         stats = logit_stats(hf, cpp)
         sq_err, sq_ref = sq_err + stats["sq_err"], sq_ref + stats["sq_ref"]
         kls += stats["kl"]
