@@ -210,7 +210,7 @@ def test_quote_metrics_are_nan_when_nothing_is_quoted(scored_reference):
 
 
 def test_demo_table_shows_intervals_and_says_why_a_value_is_missing(tmp_path):
-    from raftune.evaluate.stage import TABLE, results_table
+    from raftune.evaluate.results import TABLE, results_table
 
     rows = [{"model": m, "part": part, "metric": metric, "mean": mean, "ci_low": mean - 0.1, "ci_high": mean + 0.1}
             for m, quotes in (("base", float("nan")), ("extractive-baseline", 1.0)) for part in ("full", "final")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 
@@ -61,3 +62,33 @@ def read_history(history: Path, run: str | None = None) -> pd.DataFrame:
     if run is not None:
         table = table[table.run == run]
     return table.sort_values("time", kind="stable").reset_index(drop=True)
+
+
+# the table `raftune demo` ends with: (column, metric, why it can be missing)
+TABLE = [("KeywordScore [95% CI]", "keyword_score", "no keywords"), ("weighted [95% CI]", "weighted", "no scores"),
+         ("cosine", "cosine", "no scores"), ("ROUGE-L", "rouge_l", "no scores"),
+         ("<ANSWER>: line", "answer_marker", "no scores"), ("quote grounding", "quote_grounding", "no quotes")]
+
+
+def results_table(out: Path) -> str:
+    """One row per model: means with bootstrap 95 % intervals over the tests (ci.csv), the other shown metrics, and
+    tokens/s; a value that does not apply says why instead of printing NaN."""
+    ci = pd.read_csv(out / "ci.csv")
+    ci = ci[ci.part == "full"].set_index(["model", "metric"])
+    speed = pd.read_csv(out / "summary.csv", index_col=0)["tokens_per_s"]
+    rows = []
+    for model in dict.fromkeys(ci.index.get_level_values("model")):
+        row = {"model": model}
+        for column, metric, missing in TABLE:
+            r = ci.loc[(model, metric)]
+            if math.isnan(r["mean"]):
+                row[column] = f"n/a ({missing})"
+            elif "CI" in column:
+                row[column] = (f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]" if not math.isnan(r["ci_low"])
+                               else f"{r['mean']:.3f} (one test: no interval)")
+            else:
+                row[column] = f"{r['mean']:.3f}"
+        tokens = speed.get(model, math.nan)
+        row["tokens/s"] = "n/a (recorded)" if math.isnan(tokens) else f"{tokens:.1f}"
+        rows.append(row)
+    return pd.DataFrame(rows).to_string(index=False)
