@@ -25,7 +25,8 @@ from raftune.data import stage as data_stage
 from raftune.data.retrieval import contexts
 from raftune.data.testset import load_testset
 from raftune.data.generators import ResponseCache
-from raftune.evaluate.stage import answer_all, results_table, score_file
+from raftune.evaluate.results import results_table
+from raftune.evaluate.stage import answer_all, score_file
 from raftune.models import resolve_base
 
 
