@@ -8,7 +8,12 @@ scored together by `raftune evaluate --answers` with bootstrap intervals, beside
 
 The recipe itself (with the key=value overrides, which apply to every candidate) is always the first candidate. On a
 GPU each candidate takes about a minute for SmolLM2 on the demo set; training there is the same code path as on the
-CPU, so the answers are the same up to float rounding.
+CPU, so the answers are the same up to float rounding. A GPU machine without the retrieval and scoring models can
+take the data stage and the retrieved passages from a machine that has them, and leave the scoring to it:
+
+    here:  .venv/bin/python bench/recipe_candidates.py --config C --out /tmp/prep --prepare [key=value ...]
+    there: python bench/recipe_candidates.py --config C --out OUT --prepared /tmp/prep --no-score [key=value ...] ...
+    here:  .venv/bin/raftune evaluate --config C --answers OUT/answers.jsonl --out /tmp/scores
 """
 
 from __future__ import annotations
@@ -42,14 +47,25 @@ def main() -> None:
     parser.add_argument("--config", required=True)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--candidate", action="append", default=[], help="space-separated key=value overrides")
+    parser.add_argument("--prepare", action="store_true", help="only run the data stage and retrieve the passages")
+    parser.add_argument("--prepared", type=Path, help="a folder --prepare wrote: its data stage and passages are used")
+    parser.add_argument("--no-score", action="store_true", help="write the answers, leave the scoring")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the recipe, for every candidate")
     args = parser.parse_args()
 
     runs = args.out / "runs"
     config = load_config(args.config, [*args.overrides, f"runs_dir={runs}"])
-    data_dir = data_stage.run(config)
     items = load_testset(config.evaluate.testset)
-    ctx, _ = contexts(config, items)
+    if args.prepared:
+        data_dir = args.prepared / "runs" / config.run / "data"
+        ctx = json.loads((args.prepared / "contexts.json").read_text(encoding="utf-8"))
+    else:
+        data_dir = data_stage.run(config)
+        ctx, _ = contexts(config, items)
+        (args.out / "contexts.json").write_text(json.dumps(ctx, ensure_ascii=False), encoding="utf-8")
+    if args.prepare:
+        print(f"prepared: {data_dir} and {args.out / 'contexts.json'}")
+        return
     base = resolve_base(config)
     cache = ResponseCache(args.out / "responses.jsonl")
     rows = answers("base", {"path": base}, config, items, ctx, cache)
@@ -64,6 +80,9 @@ def main() -> None:
         print(f"{name}: {overrides or '(the recipe as it is)'}", flush=True)
     recorded = args.out / "answers.jsonl"
     recorded.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    if args.no_score:
+        print(f"answers: {recorded} (score: raftune evaluate --config {args.config} --answers {recorded} --out DIR)")
+        return
     score_file(config, config.evaluate.testset, str(recorded), str(args.out / "scores"))
     print(results_table(args.out / "scores"))
 

@@ -7,7 +7,7 @@ from raftune.data.corpus import load_corpus, load_qac
 from raftune.answer import final_answer
 from raftune.data.raft import build_rows, split_by_question
 
-from conftest import MINI
+from conftest import MINI, mini_config
 
 
 def test_mini_corpus_chunks_keep_document_page_and_section():
@@ -35,6 +35,22 @@ def test_oracle_probability_zero_leaves_oracle_out():
     rows = build_rows(chunks, qac, num_distractors=2, oracle_probability=0.0, rows_per_question=1, seed=0)
     assert all(r["oracle_index"] is None and r["oracle_context"] not in r["documents"] for r in rows)
     assert all(len(r["documents"]) == 3 for r in rows)  # a third distractor takes the oracle's place
+
+
+def test_retrieved_distractors_are_the_retrievers_best_ranked_other_chunks(tmp_path):
+    from raftune.data import stage as data_stage
+    from raftune.data.retrieval import Retriever
+
+    config = mini_config(tmp_path, "data.distractors=retrieved", "evaluate.retriever=bm25", "data.num_distractors=1",
+                         "data.oracle_probability=1.0", "data.eval_fraction=0", "data.rows_per_question=1")
+    rows = [json.loads(line) for line in (data_stage.run(config) / "hf_train.jsonl").open()]
+    chunks = load_corpus(MINI / "corpus")
+    ranked = Retriever(chunks, "bm25").search([r["question"] for r in rows], len(chunks))
+    assert len(rows) == 6
+    for row, best in zip(rows, ranked):
+        pool = [c.text for c in best if c.text != row["oracle_context"]][:2]  # (1 distractor + 1) x 1 row
+        distractors = [d for d in row["documents"] if d != row["oracle_context"]]
+        assert len(distractors) == 1 and distractors[0] in pool
 
 
 def test_split_is_by_question():

@@ -52,6 +52,9 @@ class DataConfig:
     chunk_overlap: int = 30  # tokens of whole sentences repeated from the previous chunk
     num_distractors: int = 4  # distractor documents per row (4 in the RAFT paper)
     oracle_probability: float = 0.8  # share of rows that contain the oracle document (RAFT's P)
+    # random: any other chunk (gorilla/raft's draw); retrieved: drawn from the chunks the evaluation's retriever
+    # ranks highest for the question, the look-alike passages a retrieved test prompt holds beside the answer's
+    distractors: str = "random"
     rows_per_question: int = 1  # RAFT rows per question, each with its own draw of distractors
     eval_fraction: float = 0.2  # held-out share of questions, for eval loss
     seed: int = 0
@@ -249,6 +252,7 @@ RULES = {
     "data.generator_max_tokens": integer(1),
     "data.questions_per_chunk": integer(1),
     "data.clean": one_of("repair", "strict", "off"),
+    "data.distractors": one_of("random", "retrieved"),
     "train.approach": one_of(*APPROACHES),
     "train.sample_prompts": integer(0),
     "train.sample_max_new_tokens": integer(1),

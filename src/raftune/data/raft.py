@@ -32,10 +32,13 @@ def extractive_answer(question: str, answer: str, oracle: str) -> str:
 
 
 def build_rows(chunks: list[Chunk], qac: list[dict], num_distractors: int, oracle_probability: float,
-               rows_per_question: int, seed: int, source: str = "qac", cot=None, progress: bool = False) -> list[dict]:
+               rows_per_question: int, seed: int, source: str = "qac", cot=None, progress: bool = False,
+               ranked: list[list[Chunk]] | None = None) -> list[dict]:
     """One or more RAFT rows per QAC triplet, in the gorilla/raft column layout plus normalised fields.
 
-    `cot(question, answer, oracle_text)` writes the reasoning answer (default: the offline extractive one)."""
+    `cot(question, answer, oracle_text)` writes the reasoning answer (default: the offline extractive one).
+    `ranked` (chunks per question, best first) draws each row's distractors from the question's
+    (num_distractors + 1) x rows_per_question best-ranked other chunks instead of from all of them."""
     from tqdm import tqdm
 
     cot = cot or extractive_answer
@@ -50,9 +53,12 @@ def build_rows(chunks: list[Chunk], qac: list[dict], num_distractors: int, oracl
         if oracle is None:
             raise RaftuneError(f"{source}: row {q}: field 'context' is not the text of any corpus paragraph")
         answer = cot(item["question"], item["answer"], oracle.text)
+        others = [c for c in (chunks if ranked is None else ranked[q]) if c.id != oracle.id]
+        if ranked is not None:
+            others = others[:(num_distractors + 1) * rows_per_question]
         for r in range(rows_per_question):
             # gorilla/raft's layout: 1 + num_distractors documents per row; without the oracle, one more distractor
-            distractors = rng.sample([c for c in chunks if c.id != oracle.id], num_distractors + 1)
+            distractors = rng.sample(others, num_distractors + 1)
             with_oracle = rng.random() < oracle_probability
             docs = distractors[:-1] + [oracle] if with_oracle else distractors
             rng.shuffle(docs)

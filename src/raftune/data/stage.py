@@ -19,6 +19,7 @@ from raftune.data import given
 from raftune.data.corpus import corpus_chunks, load_qac
 from raftune.data.generators import make_generator
 from raftune.data.raft import build_rows, split_by_question, split_by_row
+from raftune.data.retrieval import build_retriever
 from raftune.manifest import Stage, write_jsonl
 
 
@@ -79,13 +80,18 @@ def run(config: RunConfig):
         return run_given(config)
     cfg = config.data
     stage = Stage(config, "data", {"corpus": cfg.corpus, "qac": cfg.qac, "generator": cfg.generator,
+                                   "distractors": cfg.distractors,
                                    "generator_model": cfg.generator_model, "generator_base_url": cfg.generator_base_url})
     chunks = corpus_chunks(cfg)
     # the answer cache outlives the stage folder, so a rerun of the same run resumes where an interrupted one stopped
     generator = make_generator(cfg, config.cache_dir() / "generator.jsonl")
     qac = load_qac(cfg.qac) if cfg.qac else generate_triplets(chunks, generator, cfg.questions_per_chunk)
+    ranked = None
+    if cfg.distractors == "retrieved":  # one more than a row draws, as the oracle is usually among them
+        depth = (cfg.num_distractors + 1) * cfg.rows_per_question + 1
+        ranked = build_retriever(config, chunks).search([item["question"] for item in qac], depth)
     rows = build_rows(chunks, qac, cfg.num_distractors, cfg.oracle_probability, cfg.rows_per_question, cfg.seed,
-                      source=cfg.qac or cfg.generator, cot=generator.cot_answer, progress=True)
+                      source=cfg.qac or cfg.generator, cot=generator.cot_answer, progress=True, ranked=ranked)
     train, evaluation = split_by_question(rows, cfg.eval_fraction, cfg.seed)
 
     write_jsonl(stage.dir / "chunks.jsonl", [c.to_dict() for c in chunks])
