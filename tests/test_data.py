@@ -51,6 +51,8 @@ def test_retrieved_distractors_are_the_retrievers_best_ranked_other_chunks(tmp_p
         pool = [c.text for c in best if c.text != row["oracle_context"]][:2]  # (1 distractor + 1) x 1 row
         distractors = [d for d in row["documents"] if d != row["oracle_context"]]
         assert len(distractors) == 1 and distractors[0] in pool
+        order = [c.text for c in best]
+        assert row["documents"] == sorted(row["documents"], key=order.index)  # the retriever's order
 
 
 def test_split_is_by_question():

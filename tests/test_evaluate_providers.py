@@ -141,7 +141,7 @@ def test_llama_cpp_server_answers_like_the_gguf_in_process(mini_run, prompts_of,
     config, _ = mini_run
     gguf, tokenizer = config.stage_dir("export") / "model-f16.gguf", str(config.stage_dir("merge") / "model")
     with llama_server(gguf, n_ctx=4096) as url:
-        local = GGUFProvider({"name": "g", "kind": "gguf", "path": str(gguf), "tokenizer": tokenizer}, 12)
+        local = GGUFProvider({"name": "g", "kind": "gguf", "path": str(gguf), "tokenizer": tokenizer}, 12, 8)
         expected = [a.text for a in generate(local, prompts_of(local))]
         remote_config = dataclasses.replace(config, runs_dir=str(tmp_path), evaluate=dataclasses.replace(
             config.evaluate, run_models=False, recorded=[], models=[

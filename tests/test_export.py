@@ -8,7 +8,7 @@ from raftune import RaftuneError
 from raftune.chat import encode, render_prompt
 from raftune.data.testset import load_testset
 from raftune.export.gguf_check import check_gguf, read_gguf
-from raftune.llama_runtime import gguf_logits, open_gguf
+from raftune.llama_runtime import gguf_generate, gguf_logits, open_gguf
 from raftune.models import load_model, load_tokenizer
 
 from conftest import MINI
@@ -72,6 +72,22 @@ def test_f16_logits_match_transformers(mini_run):
         positions = [0, len(ids) // 2, len(ids) - 1]
         np.testing.assert_allclose(gguf_logits(llm, ids, positions), cpp[positions], rtol=1e-5, atol=1e-5)
     llm.close()
+
+
+def test_batched_greedy_decoding_gives_each_prompt_its_own_greedy_answer(mini_run):
+    model_dir, export_dir = _paths(mini_run)
+    tokenizer, prompts = _prompts(model_dir, n=3)
+    encoded = [encode(tokenizer, p) for p in prompts]
+    single = open_gguf(export_dir / "model-f16.gguf", n_ctx=1024)
+    alone = []
+    for ids in encoded:  # llama-cpp-python's own greedy completion, one prompt at a time
+        out = single.create_completion(ids, max_tokens=12, temperature=0.0, top_k=1, repeat_penalty=1.0)
+        alone.append(single.tokenize(out["choices"][0]["text"].encode(), add_bos=False, special=True))
+    single.close()
+    llm = open_gguf(export_dir / "model-f16.gguf", n_ctx=3 * max(len(ids) + 12 for ids in encoded), n_seq_max=3)
+    together = gguf_generate(llm, encoded, 12)
+    llm.close()
+    assert [len(t) for t in together] == [len(a) for a in alone] and together == alone
 
 
 def test_corrupt_or_missing_gguf_gives_one_line_error(mini_run, tmp_path):

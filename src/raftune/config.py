@@ -52,8 +52,9 @@ class DataConfig:
     chunk_overlap: int = 30  # tokens of whole sentences repeated from the previous chunk
     num_distractors: int = 4  # distractor documents per row (4 in the RAFT paper)
     oracle_probability: float = 0.8  # share of rows that contain the oracle document (RAFT's P)
-    # random: any other chunk (gorilla/raft's draw); retrieved: drawn from the chunks the evaluation's retriever
-    # ranks highest for the question, the look-alike passages a retrieved test prompt holds beside the answer's
+    # random: any other chunk, the documents shuffled (gorilla/raft); retrieved: rows laid out as a retrieved test
+    # prompt is, distractors drawn from the chunks the evaluation's retriever ranks highest for the question and the
+    # documents in its order
     distractors: str = "random"
     rows_per_question: int = 1  # RAFT rows per question, each with its own draw of distractors
     eval_fraction: float = 0.2  # held-out share of questions, for eval loss

@@ -7,6 +7,8 @@ turns the extra buffers off; llama-cpp-python does not expose it, so we set it o
 starts from. The plain CPU kernels compute the same products, only without the repacked layout.
 
 llama-cpp-python generates on half the cores by default (one thread on a 2-core machine); raftune uses them all.
+It generates one sequence at a time; `gguf_generate` decodes several together, as transformers' batched generate
+does, so each decoding step reads the weights once for all of them.
 """
 
 from __future__ import annotations
@@ -21,28 +23,40 @@ from raftune.export.gguf_check import read_gguf
 
 
 @contextlib.contextmanager
-def _without_extra_buffers():
+def _defaults(n_seq_max: int):
+    """llama-cpp-python's Llama starts from llama.cpp's default model and context parameters; these are set on them:
+    no extra buffers, and room for `n_seq_max` sequences of n_ctx / n_seq_max cells each (`gguf_generate`). Each
+    sequence gets its own part of the KV cache: in one shared ("unified") cache every sequence's attention spans
+    all the cells, and decoding 27 of Gemma's answers together was no faster than one at a time."""
     import llama_cpp
 
-    original = llama_cpp.llama_cpp.llama_model_default_params
+    model_params, context_params = (llama_cpp.llama_cpp.llama_model_default_params,
+                                    llama_cpp.llama_cpp.llama_context_default_params)
 
-    def params():
-        value = original()
+    def model():
+        value = model_params()
         value.use_extra_bufts = False
         return value
 
-    llama_cpp.llama_cpp.llama_model_default_params = params
+    def context():
+        value = context_params()
+        value.n_seq_max, value.kv_unified = n_seq_max, False
+        return value
+
+    llama_cpp.llama_cpp.llama_model_default_params = model
+    llama_cpp.llama_cpp.llama_context_default_params = context
     try:
         yield
     finally:
-        llama_cpp.llama_cpp.llama_model_default_params = original
+        llama_cpp.llama_cpp.llama_model_default_params = model_params
+        llama_cpp.llama_cpp.llama_context_default_params = context_params
 
 
-def open_gguf(path, n_ctx: int = 4096, logits_all: bool = False, n_threads: int | None = None):
+def open_gguf(path, n_ctx: int = 4096, logits_all: bool = False, n_threads: int | None = None, n_seq_max: int = 1):
     from llama_cpp import Llama
 
     read_gguf(path)  # a clear one-line error for a missing, truncated or foreign file, before llama.cpp aborts
-    with _without_extra_buffers():
+    with _defaults(n_seq_max):
         try:
             return Llama(model_path=str(path), n_ctx=n_ctx, logits_all=logits_all,
                          n_threads=n_threads or len(os.sched_getaffinity(0)), seed=0, verbose=False)
@@ -79,4 +93,48 @@ def gguf_logits(llm, ids: list[int], positions) -> np.ndarray:
                     out[wanted[start + i]] = np.ctypeslib.as_array(row, shape=(out.shape[1],))
         finally:
             llama_cpp.llama_batch_free(batch)
+    return out
+
+
+def gguf_generate(llm, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    """Greedy continuations of `prompts` (token ids), decoded together as llama.cpp sequences 0..n-1 of `llm`, which
+    was opened with n_seq_max >= n and n_ctx / n_seq_max >= the longest prompt and its new tokens. A sequence ends
+    at an end-of-generation token (EOS, <end_of_turn>, ...), which is left out, or after `max_new_tokens`."""
+    import llama_cpp
+
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    llm.reset()
+    llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llm.ctx), True)
+    out = [[] for _ in prompts]
+    following = {}  # sequence -> its greedy next token
+    batch = llama_cpp.llama_batch_init(max(llm.n_batch, len(prompts)), 0, 1)
+
+    def decode(entries):  # (sequence, position, token, wants logits)
+        batch.n_tokens = len(entries)
+        for i, (seq, pos, token, wanted) in enumerate(entries):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos, 1, wanted
+            batch.seq_id[i][0] = seq
+        if llama_cpp.llama_decode(llm.ctx, batch) != 0:
+            raise RaftuneError(f"llama.cpp could not decode {len(prompts)} sequences of {len(entries)} tokens")
+        for i, (seq, _, _, wanted) in enumerate(entries):
+            if wanted:
+                row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, i), shape=(llm.n_vocab(),))
+                following[seq] = int(row.argmax())
+
+    try:
+        prefill = [(s, p, t, p == len(ids) - 1) for s, ids in enumerate(prompts) for p, t in enumerate(ids)]
+        for start in range(0, len(prefill), llm.n_batch):
+            decode(prefill[start:start + llm.n_batch])
+        active = list(range(len(prompts)))
+        while active:
+            going = []
+            for s in active:
+                if not llama_cpp.llama_vocab_is_eog(vocab, following[s]):
+                    out[s].append(following[s])
+                    going += [s] if len(out[s]) < max_new_tokens else []
+            active = going
+            if active:
+                decode([(s, len(prompts[s]) + len(out[s]) - 1, out[s][-1], True) for s in active])
+    finally:
+        llama_cpp.llama_batch_free(batch)
     return out

@@ -37,8 +37,9 @@ def build_rows(chunks: list[Chunk], qac: list[dict], num_distractors: int, oracl
     """One or more RAFT rows per QAC triplet, in the gorilla/raft column layout plus normalised fields.
 
     `cot(question, answer, oracle_text)` writes the reasoning answer (default: the offline extractive one).
-    `ranked` (chunks per question, best first) draws each row's distractors from the question's
-    (num_distractors + 1) x rows_per_question best-ranked other chunks instead of from all of them."""
+    `ranked` (every chunk per question, best first: a retriever's ranking) lays rows out as a retrieved test prompt
+    is: distractors drawn from the question's (num_distractors + 1) x rows_per_question best-ranked other chunks, the
+    documents in ranked order instead of shuffled."""
     from tqdm import tqdm
 
     cot = cot or extractive_answer
@@ -62,6 +63,8 @@ def build_rows(chunks: list[Chunk], qac: list[dict], num_distractors: int, oracl
             with_oracle = rng.random() < oracle_probability
             docs = distractors[:-1] + [oracle] if with_oracle else distractors
             rng.shuffle(docs)
+            if ranked is not None:
+                docs.sort(key=ranked[q].index)
             texts = [d.text for d in docs]
             rows.append({
                 "id": f"q{q}-r{r}",

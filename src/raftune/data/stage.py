@@ -87,9 +87,8 @@ def run(config: RunConfig):
     generator = make_generator(cfg, config.cache_dir() / "generator.jsonl")
     qac = load_qac(cfg.qac) if cfg.qac else generate_triplets(chunks, generator, cfg.questions_per_chunk)
     ranked = None
-    if cfg.distractors == "retrieved":  # one more than a row draws, as the oracle is usually among them
-        depth = (cfg.num_distractors + 1) * cfg.rows_per_question + 1
-        ranked = build_retriever(config, chunks).search([item["question"] for item in qac], depth)
+    if cfg.distractors == "retrieved":
+        ranked = build_retriever(config, chunks).search([item["question"] for item in qac], len(chunks))
     rows = build_rows(chunks, qac, cfg.num_distractors, cfg.oracle_probability, cfg.rows_per_question, cfg.seed,
                       source=cfg.qac or cfg.generator, cot=generator.cot_answer, progress=True, ranked=ranked)
     train, evaluation = split_by_question(rows, cfg.eval_fraction, cfg.seed)

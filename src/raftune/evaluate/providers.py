@@ -26,7 +26,7 @@ from pathlib import Path
 from raftune import RaftuneError
 from raftune.chat import encode, render_prompt, user_message
 from raftune.data.generators import api_error
-from raftune.llama_runtime import open_gguf
+from raftune.llama_runtime import gguf_generate, open_gguf
 from raftune.manifest import strip_credentials
 from raftune.models import load_tokenizer
 
@@ -137,28 +137,45 @@ def gguf_tokens(llm, prompt: str) -> list[int]:
 
 
 class GGUFProvider:
-    def __init__(self, spec: dict, max_new_tokens: int):
+    """llama.cpp decoding batches of prompts together (`gguf_generate`), sorted by length as HFProvider's are."""
+
+    def __init__(self, spec: dict, max_new_tokens: int, batch_size: int):
         self.spec, self.name, self.max_new_tokens = spec, spec["name"], max_new_tokens
+        self.batch_size = int(spec.get("batch_size", batch_size))
         self.tokenizer = load_tokenizer(spec["tokenizer"])
-        self.llm = None  # opened on the first generate(), like HFProvider's weights
+        self.llm, self.n_ctx = None, 0  # opened on the first generate(), like HFProvider's weights
         self.identity = {"kind": "gguf", "path": spec["path"], "weights": fingerprint(spec["path"])}
 
     def render(self, question: str, documents: list[str]) -> str:
         return render_prompt(self.tokenizer, question, documents)
 
+    def _resize(self, encoded: list[list[int]]):
+        """A context with room for a batch of the longest prompt and its new tokens."""
+        needed = self.batch_size * (max(map(len, encoded)) + self.max_new_tokens)
+        if needed > self.n_ctx:
+            self.close()
+            self.llm = open_gguf(self.spec["path"], n_ctx=-(-needed // 256) * 256, n_seq_max=self.batch_size)
+            self.n_ctx = needed
+
     def generate(self, prompts: list[str]):
-        if self.llm is None:
-            self.llm = open_gguf(self.spec["path"], n_ctx=int(self.spec.get("n_ctx", 4096)))
-        for i, prompt in enumerate(prompts):
+        if self.llm is None:  # a small context first: the GGUF's own tokenizer sizes the real one
+            self.llm = open_gguf(self.spec["path"], n_ctx=256)
+        encoded = [gguf_tokens(self.llm, p) for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda n: len(encoded[n]))
+        self._resize([encoded[n] for n in order])
+        for start in range(0, len(prompts), self.batch_size):
+            rows = order[start:start + self.batch_size]
             started = time.time()
-            out = self.llm.create_completion(gguf_tokens(self.llm, prompt), max_tokens=self.max_new_tokens,
-                                             **GGUF_SAMPLING)
-            yield i, Answer(out["choices"][0]["text"].strip(), out["usage"]["completion_tokens"], time.time() - started)
+            answers = gguf_generate(self.llm, [encoded[n] for n in rows], self.max_new_tokens)
+            seconds = time.time() - started
+            for index, tokens in zip(rows, answers):
+                text = self.llm.detokenize(tokens).decode("utf-8", errors="replace").strip()
+                yield index, Answer(text, len(tokens), seconds, len(rows))
 
     def close(self):
         if self.llm is not None:
             self.llm.close()
-            self.llm = None
+            self.llm, self.n_ctx = None, 0
 
 
 class OpenAIProvider:
@@ -240,7 +257,7 @@ def make_provider(spec: dict, cfg, quantization: dict | None = None):
     if spec["kind"] == "hf":
         return HFProvider(spec, cfg.max_new_tokens, cfg.batch_size, quantization)
     if spec["kind"] == "gguf":
-        return GGUFProvider(spec, cfg.max_new_tokens)
+        return GGUFProvider(spec, cfg.max_new_tokens, cfg.batch_size)
     if spec["kind"] == "openai":
         return OpenAIProvider(spec, cfg.max_new_tokens)
     raise RaftuneError(f"no generating provider for kind {spec['kind']}")
