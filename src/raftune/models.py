@@ -88,11 +88,15 @@ def named_base(name: str) -> str:
         gguf = Path(module.__file__).parent / spec.filename
         if not gguf.is_file():  # shipped in parts: the package writes the whole file
             gguf = Path(module.assemble(Path(scratch) / spec.filename))
-        # transformers reads the GGUF three times (config, tokenizer, weights), each through gguf's reader
-        with mock.patch("gguf.GGUFReader", ArrayGGUFReader):
+        # transformers reads the GGUF three times (config, tokenizer, weights), each through a new gguf reader: one
+        # reader serves the three (each read parses the 262,144-token vocabulary of Gemma 3 again)
+        readers = {}
+        with mock.patch("gguf.GGUFReader", lambda path, *args: readers.get(str(path)) or readers.setdefault(
+                str(path), ArrayGGUFReader(path, *args))):
             tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             loaded = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
                                                                        dtype=torch.float32)
+        readers.clear()  # before the copy below, which is the build's peak of memory
         sha256 = sha256_file(gguf)
     config = loaded.config
     config.__dict__.pop("quantization_config", None)  # the GGUF's, which would make every later load a GGUF load
