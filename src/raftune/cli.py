@@ -152,9 +152,9 @@ def _config(args):
 
 
 def _demo(args):
-    from raftune.pipeline import run_all
+    from raftune.pipeline import checked_config, run_all
 
-    run_all(_config(args))
+    run_all(checked_config(args.config, args.overrides))
 
 
 def _data_build(args):

@@ -352,7 +352,7 @@ def _check_fields(obj, prefix: str, origins: dict, source: str) -> None:
 
 SPEC_KEYS = {
     "hf": {"name", "kind", "path", "adapter", "load_in_4bit", "dtype", "tokenizer", "batch_size"},
-    "gguf": {"name", "kind", "path", "tokenizer", "n_ctx"},
+    "gguf": {"name", "kind", "path", "tokenizer", "batch_size"},
     "openai": {"name", "kind", "base_url", "model", "api", "api_key_env", "tokenizer", "max_retries", "timeout",
                "concurrency", "extra_body"},
     "recorded": {"name", "kind", "path", "model"},

@@ -7,7 +7,7 @@ import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-from raftune.config import RunConfig
+from raftune.config import RunConfig, load_config
 from raftune.evaluate.results import results_table
 from raftune.manifest import write_json
 
@@ -23,6 +23,13 @@ def _cpu_seconds() -> float:
 
     return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
                for f in ("ru_utime", "ru_stime"))
+
+
+def checked_config(path: str, overrides: list[str]) -> RunConfig:
+    """The recipe, read and checked in a process of its own: the check imports peft, trl and transformers, half a
+    gigabyte that the demo's own process would otherwise hold beside every stage."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(load_config, path, overrides).result()
 
 
 def _run_stage(module: str, config: RunConfig):
