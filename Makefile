@@ -23,7 +23,7 @@ demo: $(STAMP)   # the tiny model built from the corpus, configs/demo-tiny.yaml 
 demo-smollm2: $(STAMP)   # SmolLM2-135M-Instruct, configs/demo.yaml (about 26 minutes on 2 cores)
 	$(VENV)/bin/raftune demo --config configs/demo.yaml
 
-demo-gemma: $(STAMP)   # Gemma 3 270M, configs/demo-gemma.yaml (about 21 minutes on 2 cores)
+demo-gemma: $(STAMP)   # Gemma 3 270M, configs/demo-gemma.yaml (about 14 minutes on 2 cores)
 	$(VENV)/bin/raftune demo --config configs/demo-gemma.yaml
 
 test: $(STAMP)
