@@ -64,35 +64,49 @@ def open_gguf(path, n_ctx: int = 4096, logits_all: bool = False, n_threads: int 
             raise RaftuneError(f"{path}: llama.cpp could not load it ({err})") from None
 
 
+@contextlib.contextmanager
+def _fresh_batch(llm, size: int):
+    """An empty KV cache and a llama.cpp batch of `size` tokens, freed afterwards."""
+    import llama_cpp
+
+    llm.reset()
+    llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llm.ctx), True)
+    batch = llama_cpp.llama_batch_init(size, 0, 1)
+    try:
+        yield batch
+    finally:
+        llama_cpp.llama_batch_free(batch)
+
+
+def _decode(llm, batch, entries, what: str) -> list[tuple[int, np.ndarray]]:
+    """llama.cpp decodes `entries` (sequence, position, token, wants logits) as one batch; returns (entry index,
+    logits) for those that want them. The logits are llama.cpp's buffer: read them before the next decode."""
+    import llama_cpp
+
+    batch.n_tokens = len(entries)
+    for i, (seq, pos, token, wanted) in enumerate(entries):
+        batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos, 1, wanted
+        batch.seq_id[i][0] = seq
+    if llama_cpp.llama_decode(llm.ctx, batch) != 0:
+        raise RaftuneError(f"llama.cpp could not evaluate {what}")
+    return [(i, np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, i), shape=(llm.n_vocab(),)))
+            for i, entry in enumerate(entries) if entry[3]]
+
+
 def gguf_logits(llm, ids: list[int], positions) -> np.ndarray:
     """llama.cpp's logits at `positions` of `ids` (a fresh sequence), as a [len(positions), vocab] float32 array.
 
     One llama.cpp batch per `n_batch` tokens whose output flags are set at those positions only: llama-cpp-python's
     `logits_all` would have llama.cpp produce, and the wrapper copy, every position's logits (2 x 0.5 GB for a
     500-token prompt with Gemma's 262,144-token vocabulary)."""
-    import llama_cpp
-
     wanted = {int(p): n for n, p in enumerate(positions)}
     out = np.empty((len(wanted), llm.n_vocab()), dtype=np.float32)
-    llm.reset()
-    llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llm.ctx), True)
-    for start in range(0, len(ids), llm.n_batch):
-        chunk = ids[start:start + llm.n_batch]
-        batch = llama_cpp.llama_batch_init(len(chunk), 0, 1)
-        try:
-            batch.n_tokens = len(chunk)
-            for i, token in enumerate(chunk):
-                batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, start + i, 1
-                batch.seq_id[i][0] = 0
-                batch.logits[i] = (start + i) in wanted
-            if llama_cpp.llama_decode(llm.ctx, batch) != 0:
-                raise RaftuneError(f"llama.cpp could not evaluate a {len(ids)}-token sequence")
-            for i in range(len(chunk)):
-                if (start + i) in wanted:
-                    row = llama_cpp.llama_get_logits_ith(llm.ctx, i)
-                    out[wanted[start + i]] = np.ctypeslib.as_array(row, shape=(out.shape[1],))
-        finally:
-            llama_cpp.llama_batch_free(batch)
+    entries = [(0, pos, token, pos in wanted) for pos, token in enumerate(ids)]
+    with _fresh_batch(llm, llm.n_batch) as batch:
+        for start in range(0, len(entries), llm.n_batch):
+            chunk = entries[start:start + llm.n_batch]
+            for i, row in _decode(llm, batch, chunk, f"a {len(ids)}-token sequence"):
+                out[wanted[chunk[i][1]]] = row
     return out
 
 
@@ -103,38 +117,27 @@ def gguf_generate(llm, prompts: list[list[int]], max_new_tokens: int) -> list[li
     import llama_cpp
 
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
-    llm.reset()
-    llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llm.ctx), True)
+    what = f"{len(prompts)} sequences"
     out = [[] for _ in prompts]
     following = {}  # sequence -> its greedy next token
-    batch = llama_cpp.llama_batch_init(max(llm.n_batch, len(prompts)), 0, 1)
 
-    def decode(entries):  # (sequence, position, token, wants logits)
-        batch.n_tokens = len(entries)
-        for i, (seq, pos, token, wanted) in enumerate(entries):
-            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos, 1, wanted
-            batch.seq_id[i][0] = seq
-        if llama_cpp.llama_decode(llm.ctx, batch) != 0:
-            raise RaftuneError(f"llama.cpp could not decode {len(prompts)} sequences of {len(entries)} tokens")
-        for i, (seq, _, _, wanted) in enumerate(entries):
-            if wanted:
-                row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, i), shape=(llm.n_vocab(),))
-                following[seq] = int(row.argmax())
+    def decode(batch, entries):
+        for i, row in _decode(llm, batch, entries, what):
+            following[entries[i][0]] = int(row.argmax())
 
-    try:
+    with _fresh_batch(llm, max(llm.n_batch, len(prompts))) as batch:
         prefill = [(s, p, t, p == len(ids) - 1) for s, ids in enumerate(prompts) for p, t in enumerate(ids)]
         for start in range(0, len(prefill), llm.n_batch):
-            decode(prefill[start:start + llm.n_batch])
+            decode(batch, prefill[start:start + llm.n_batch])
         active = list(range(len(prompts)))
         while active:
             going = []
             for s in active:
                 if not llama_cpp.llama_vocab_is_eog(vocab, following[s]):
                     out[s].append(following[s])
-                    going += [s] if len(out[s]) < max_new_tokens else []
+                    if len(out[s]) < max_new_tokens:
+                        going.append(s)
             active = going
             if active:
-                decode([(s, len(prompts[s]) + len(out[s]) - 1, out[s][-1], True) for s in active])
-    finally:
-        llama_cpp.llama_batch_free(batch)
+                decode(batch, [(s, len(prompts[s]) + len(out[s]) - 1, out[s][-1], True) for s in active])
     return out
