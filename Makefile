@@ -1,11 +1,11 @@
-# Entry points for a fresh machine (Python 3.11, no GPU): `make demo` and `make test` (`make demo-smollm2`, `make demo-gemma`: real models).
+# Entry points for a fresh machine (Python 3.11, no GPU): `make demo` and `make test` (`make demo-tiny`, `make demo-smollm2`: other models).
 # Both create .venv if it is missing, install the pinned requirements and llama.cpp's converter, then run.
 VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.raftune-installed
 
-.PHONY: install demo demo-smollm2 demo-gemma test clean
+.PHONY: install demo demo-tiny demo-smollm2 test clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,14 +17,14 @@ $(STAMP): requirements.txt pyproject.toml
 
 install: $(STAMP)
 
-demo: $(STAMP)   # the tiny model built from the corpus, configs/demo-tiny.yaml (about 5 minutes on 2 cores)
+demo: $(STAMP)   # Gemma 3 270M, configs/demo-gemma.yaml (about 14 minutes on 2 cores)
 	$(VENV)/bin/raftune demo
+
+demo-tiny: $(STAMP)   # the tiny model built from the corpus, configs/demo-tiny.yaml (about 5 minutes on 2 cores)
+	$(VENV)/bin/raftune demo --config configs/demo-tiny.yaml
 
 demo-smollm2: $(STAMP)   # SmolLM2-135M-Instruct, configs/demo.yaml (about 26 minutes on 2 cores)
 	$(VENV)/bin/raftune demo --config configs/demo.yaml
-
-demo-gemma: $(STAMP)   # Gemma 3 270M, configs/demo-gemma.yaml (about 14 minutes on 2 cores)
-	$(VENV)/bin/raftune demo --config configs/demo-gemma.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -1,4 +1,4 @@
-"""CPU demo time and memory: `raftune demo` on the real-model demo (configs/demo.yaml, `make demo-smollm2`), per stage.
+"""CPU demo time and memory: `raftune demo` on the default demo (configs/demo-gemma.yaml, `make demo`), per stage.
 
 Baselines: the budgets a real-model demo must stay within on 2 cores after the install, 15 minutes of wall time and
 4 GB of peak memory. The demo runs as the CLI in a child process; its memory is sampled with the memory of all its
@@ -6,7 +6,7 @@ children (each stage, and llama.cpp's converter, runs in one) added, every secon
 from the kernel's page maps: at five samples a second the sampler took a sixth of a core). Prints the stage
 timings, the peak (and the peak of each stage), and the ratios of both to their budgets (below 1.0 is within budget).
 
-    .venv/bin/python bench/cpu_demo_time.py [--cold] [--config configs/demo.yaml] [key=value ...]
+    .venv/bin/python bench/cpu_demo_time.py [--cold] [--config configs/demo-gemma.yaml] [key=value ...]
 
 --cold: an empty model cache, so the base model's build from its package is counted, as on a clean machine.
 """
@@ -57,7 +57,7 @@ def stage_at(seconds: float, timings: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cold", action="store_true", help="count the base model's build (use an empty cache)")
-    parser.add_argument("--config", default="configs/demo.yaml", help="recipe (default: configs/demo.yaml)")
+    parser.add_argument("--config", default="configs/demo-gemma.yaml", help="recipe (default: configs/demo-gemma.yaml)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 

@@ -1,4 +1,5 @@
-"""Every numbered notebook runs top to bottom (nbclient) on the tiny default, into a temporary runs folder."""
+"""Every numbered notebook runs top to bottom (nbclient) on its recipe (00: Gemma 3 270M, the others: the tiny model),
+into a temporary runs folder."""
 
 from pathlib import Path
 
@@ -23,7 +24,7 @@ SEED_DATA = ROOT.parent / "shared" / "seed-data"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
+def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch, tiny_cache):  # one model cache for all of them
     if path.name.startswith("10") and not SEED_DATA.is_dir():
         pytest.skip(f"notebook 10 trains on the seed team's data, which is not beside the checkout ({SEED_DATA})")
     monkeypatch.setenv("RAFTUNE_OVERRIDES", f"runs_dir={tmp_path} run=notebook {FAST.get(path.name[:2], '')}")

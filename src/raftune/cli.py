@@ -8,7 +8,7 @@ import sys
 from raftune import RaftuneError
 from raftune.config import MERGE_METHODS, MergeConfig
 
-DEFAULT_CONFIG = "configs/demo-tiny.yaml"  # the tiny model; configs/demo.yaml: SmolLM2-135M-Instruct
+DEFAULT_CONFIG = "configs/demo-gemma.yaml"  # Gemma 3 270M; configs/demo-tiny.yaml: the tiny model of the tests
 
 STAGES = {
     "train": "QLoRA finetuning: train.approach docs|qac (transformers Trainer) or raft (trl SFTTrainer) "
@@ -37,8 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = sub.add_parser("demo", help="run every stage on the embedded demo corpus and print the results table",
                           description="Run data -> train -> merge -> export -> evaluate -> plots on one recipe "
-                                      "(by default the tiny model on the embedded corpus, configs/demo-tiny.yaml; "
-                                      "SmolLM2-135M-Instruct: --config configs/demo.yaml) and print one row per model.")
+                                      "(by default Gemma 3 270M on the embedded corpus, configs/demo-gemma.yaml; the tiny "
+                                      "model: --config configs/demo-tiny.yaml; SmolLM2-135M-Instruct: --config "
+                                      "configs/demo.yaml) and print one row per model.")
     demo.set_defaults(func=_demo)
     data = sub.add_parser("data", help="build, inspect or clean training data",
                           description="Build RAFT rows from documents, inspect any data file, or clean RAFT rows.")

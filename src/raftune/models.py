@@ -91,8 +91,13 @@ def named_base(name: str) -> str:
         # transformers reads the GGUF three times (config, tokenizer, weights), each through a new gguf reader: one
         # reader serves the three (each read parses the 262,144-token vocabulary of Gemma 3 again)
         readers = {}
-        with mock.patch("gguf.GGUFReader", lambda path, *args: readers.get(str(path)) or readers.setdefault(
-                str(path), ArrayGGUFReader(path, *args))):
+
+        def shared_reader(path, *args):
+            if str(path) not in readers:
+                readers[str(path)] = ArrayGGUFReader(path, *args)
+            return readers[str(path)]
+
+        with mock.patch("gguf.GGUFReader", shared_reader):
             tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             loaded = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
                                                                        dtype=torch.float32)
