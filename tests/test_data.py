@@ -84,3 +84,16 @@ def test_broken_corpus_file_names_paragraph_and_field(tmp_path):
                                                                                         {"text": "y"}]}))
     with pytest.raises(RaftuneError, match=r"doc.json: paragraph 1: missing field 'page'"):
         load_corpus(tmp_path)
+
+
+def test_sentences_end_at_full_stops_not_after_dates_ordinals_or_list_numbers():
+    from raftune.data.raft import split_sentences
+
+    text = ("(1) Bewerbungen müssen bis zum 20. Juli eingegangen sein. Das gilt ab dem 1. Fachsemester; "
+            "beizufügen sind: 1. Zeugnisse, 2. Lebenslauf. Die Frist endet im Jahr 2021. Danach nicht mehr!")
+    assert split_sentences(text) == [
+        "(1) Bewerbungen müssen bis zum 20. Juli eingegangen sein.",
+        "Das gilt ab dem 1. Fachsemester; beizufügen sind: 1. Zeugnisse, 2. Lebenslauf.",
+        "Die Frist endet im Jahr 2021.",
+        "Danach nicht mehr!",
+    ]

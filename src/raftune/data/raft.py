@@ -17,7 +17,10 @@ from raftune.answer import final_answer, format_answer
 from raftune.chat import user_message
 from raftune.data.corpus import Chunk
 
-_SENTENCE_END = re.compile(r"(?<=[.;!?])\s+(?=[(A-ZÄÖÜ0-9])")
+# A sentence ends at . ; ! ? before a capital, digit or "(". Not after a one- or two-digit number: German writes
+# dates ("bis zum 20. Juli"), ordinals ("das 1. Fachsemester") and list items ("1. Zeugnisse") that way, and a quote
+# cut there ("bis zum 20.") loses what it was quoted for.
+_SENTENCE_END = re.compile(r"(?<=[.;!?])(?<!\b\d\.)(?<!\b\d\d\.)\s+(?=[(A-ZÄÖÜ0-9])")
 
 
 def split_sentences(text: str) -> list[str]:
