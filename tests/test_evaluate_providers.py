@@ -8,7 +8,7 @@ import json
 import pytest
 
 from raftune import RaftuneError
-from raftune.evaluate import stage
+from raftune.evaluate import providers, stage
 from raftune.evaluate.providers import GGUFProvider, HFProvider
 from raftune.data.testset import load_testset
 
@@ -150,3 +150,22 @@ def test_llama_cpp_server_answers_like_the_gguf_in_process(mini_run, prompts_of,
         stage.run(remote_config)
         got = [r["answer"] for r in answers_of(remote_config)]
     assert sum(a == b for a, b in zip(expected, got)) >= 7, list(zip(expected, got))
+
+
+def test_gguf_provider_opens_the_gguf_once_with_room_for_its_batch(mini_run, prompts_of, monkeypatch):
+    """The HF tokenizer sizes the context before the first open: no small context opened only to count tokens."""
+    config, _ = mini_run
+    gguf, tokenizer = config.stage_dir("export") / "model-f16.gguf", str(config.stage_dir("merge") / "model")
+    opened, real_open = [], providers.open_gguf
+
+    def counting_open(path, **kwargs):
+        opened.append(kwargs)
+        return real_open(path, **kwargs)
+
+    monkeypatch.setattr(providers, "open_gguf", counting_open)
+    local = GGUFProvider({"name": "g", "kind": "gguf", "path": str(gguf), "tokenizer": tokenizer}, 12, 8)
+    prompts = prompts_of(local)
+    answers = list(local.generate(prompts))
+    local.close()
+    assert len(answers) == len(prompts) and len(opened) == 1
+    assert opened[0]["n_seq_max"] == 8 and opened[0]["n_ctx"] >= 8 * 12

@@ -149,20 +149,21 @@ class GGUFProvider:
     def render(self, question: str, documents: list[str]) -> str:
         return render_prompt(self.tokenizer, question, documents)
 
-    def _resize(self, encoded: list[list[int]]):
+    def _resize(self, longest: int):
         """A context with room for a batch of the longest prompt and its new tokens."""
-        needed = self.batch_size * (max(map(len, encoded)) + self.max_new_tokens)
+        needed = self.batch_size * (longest + self.max_new_tokens)
         if needed > self.n_ctx:
             self.close()
             self.llm = open_gguf(self.spec["path"], n_ctx=-(-needed // 256) * 256, n_seq_max=self.batch_size)
             self.n_ctx = needed
 
     def generate(self, prompts: list[str]):
-        if self.llm is None:  # a small context first: the GGUF's own tokenizer sizes the real one
-            self.llm = open_gguf(self.spec["path"], n_ctx=256)
+        # the HF tokenizer, which the export's fidelity gate holds to the GGUF's, sizes the context, so the GGUF
+        # opens once; its own tokenizer encodes, and an encoding longer than the HF one reopens it larger
+        self._resize(max(len(encode(self.tokenizer, p)) for p in prompts))
         encoded = [gguf_tokens(self.llm, p) for p in prompts]
+        self._resize(max(map(len, encoded)))
         order = sorted(range(len(prompts)), key=lambda n: len(encoded[n]))
-        self._resize([encoded[n] for n in order])
         for start in range(0, len(prompts), self.batch_size):
             rows = order[start:start + self.batch_size]
             started = time.time()
