@@ -17,7 +17,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 install: $(STAMP)
 
-demo: $(STAMP)   # Gemma 3 270M, configs/demo-gemma.yaml (11 to 14 minutes on 2 cores)
+demo: $(STAMP)   # Gemma 3 270M, configs/demo-gemma.yaml (8 to 14 minutes on 2 cores)
 	$(VENV)/bin/raftune demo
 
 demo-tiny: $(STAMP)   # the tiny model built from the corpus, configs/demo-tiny.yaml (about 5 minutes on 2 cores)
