@@ -168,4 +168,5 @@ def test_gguf_provider_opens_the_gguf_once_with_room_for_its_batch(mini_run, pro
     answers = list(local.generate(prompts))
     local.close()
     assert len(answers) == len(prompts) and len(opened) == 1
-    assert opened[0]["n_seq_max"] == 8 and opened[0]["n_ctx"] >= 8 * 12
+    # each of the 8 sequences gets the multiple of 256 positions llama.cpp would round it to
+    assert opened[0]["n_seq_max"] == 8 and opened[0]["n_ctx"] % (8 * 256) == 0

@@ -103,6 +103,13 @@ def adapt_model(model, config: RunConfig):
         # weights keep the storage dtype (prepare_model_for_kbit_training would cast norms and embeddings to fp32);
         # only the input gradients that checkpointing needs are switched on, as trl does for sharded QLoRA.
         model.enable_input_require_grads()
+    if config.quantization:
+        # bitsandbytes repacks a 4-bit layer for its CPU inference kernel the first time the layer runs in eval mode
+        # without gradients (on CPUs with AVX512-BF16) and keeps it repacked: the steps after an evaluation would
+        # compute differently from those of a run resumed past it, which would then not end with the same adapter
+        for module in model.modules():
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
     model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **config.lora))
     if fast.enabled(config.fast):
         print(f"train: fast levers {fast.apply(model, config)}")

@@ -150,12 +150,13 @@ class GGUFProvider:
         return render_prompt(self.tokenizer, question, documents)
 
     def _resize(self, longest: int):
-        """A context with room for a batch of the longest prompt and its new tokens."""
-        needed = self.batch_size * (longest + self.max_new_tokens)
-        if needed > self.n_ctx:
+        """A context with room for a batch of the longest prompt and its new tokens. llama.cpp gives each sequence
+        a multiple of 256 positions; asking for exactly that keeps it from rounding (and warning)."""
+        n_ctx = self.batch_size * -(-(longest + self.max_new_tokens) // 256) * 256
+        if n_ctx > self.n_ctx:
             self.close()
-            self.llm = open_gguf(self.spec["path"], n_ctx=-(-needed // 256) * 256, n_seq_max=self.batch_size)
-            self.n_ctx = needed
+            self.llm = open_gguf(self.spec["path"], n_ctx=n_ctx, n_seq_max=self.batch_size)
+            self.n_ctx = n_ctx
 
     def generate(self, prompts: list[str]):
         # the HF tokenizer, which the export's fidelity gate holds to the GGUF's, sizes the context, so the GGUF
