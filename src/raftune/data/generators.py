@@ -21,7 +21,7 @@ from pathlib import Path
 
 from raftune import RaftuneError
 from raftune.answer import ANSWER_MARKER, BEGIN_QUOTE, END_QUOTE
-from raftune.data.raft import extractive_answer
+from raftune.data.raft import extractive_answer, split_sentences
 from raftune.manifest import strip_credentials
 
 QUESTION_PROMPT = (
@@ -72,7 +72,7 @@ class ExtractiveGenerator:
     calls = 0
 
     def questions(self, chunk, n: int) -> list[dict]:
-        sentences = re.split(r"(?<=[.;!?])\s+", chunk.text)
+        sentences = split_sentences(chunk.text)
         where = f"{chunk.section} ({chunk.document}, Seite {chunk.page})" if chunk.section else \
             f"{chunk.document}, Seite {chunk.page}"
         return [{"question": f"Was regelt {where}?", "answer": sentences[0]}][:n]
