@@ -43,6 +43,7 @@ SEED_CONFIG = ROOT / "configs" / "mistral-7b-qlora-raft.yaml"
 FAST_CONFIG = ROOT / "configs" / "mistral-7b-qlora-raft-fast.yaml"
 MEMORY_CONFIG = ROOT / "configs" / "mistral-7b-qlora-raft-memory.yaml"
 LOWMEM_CONFIG = ROOT / "configs" / "mistral-7b-qlora-raft-lowmem.yaml"
+AUTO_CONFIG = ROOT / "configs" / "mistral-7b-qlora-raft-auto.yaml"
 
 MISTRAL_7B_V03 = dict(vocab_size=32768, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                       num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=32768,
@@ -67,6 +68,7 @@ def recipes(tiny: bool) -> dict[str, list[str]]:
     out["fast"] = [str(FAST_CONFIG)]
     out["memory"] = [str(MEMORY_CONFIG)]
     out["lowmem"] = [str(LOWMEM_CONFIG)]
+    out["auto"] = [str(AUTO_CONFIG)]  # raftune.memory_budget's pick for this GPU (what `raftune train` does)
     if tiny:  # the same recipes with CPU-sized batches; floats computed in fp32 (bf16 matmuls are slow on CPUs)
         scale = ["sft.bf16=false", "quantization.bnb_4bit_compute_dtype=float32"]
         out = {name: [*spec, *scale, *([f"fast.tokens_per_batch={_tiny_budget(spec)}"] if _tiny_budget(spec) else [])]

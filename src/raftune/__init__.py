@@ -10,7 +10,7 @@ LAYERS = [
     ("core", ["raftune", "raftune.config", "raftune.chat", "raftune.answer", "raftune.manifest", "raftune.figures"]),
     ("data", ["raftune.data"]),  # documents, chunks, RAFT rows, test sets, retrieval
     ("models", ["raftune.models", "raftune.tiny"]),
-    ("train", ["raftune.train", "raftune.sft_data", "raftune.fast"]),
+    ("train", ["raftune.train", "raftune.sft_data", "raftune.fast", "raftune.memory_budget"]),
     ("merge", ["raftune.merge"]),
     ("export", ["raftune.export", "raftune.llama_runtime"]),  # GGUF files, llama.cpp, the fidelity report
     ("evaluate", ["raftune.evaluate"]),

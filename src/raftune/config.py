@@ -96,6 +96,9 @@ class FastConfig:
     bf16_frozen: bool = False  # keep frozen norms, embeddings and lm_head bf16 (peft's kbit preparation casts to fp32)
     fused_lora: bool = False  # LoRA's product added in the GEMM epilogue (addmm), not by peft's clone/scale/add
     completion_logits: bool = False  # lm_head and loss only where a label is (CPU and GPU; small models gain most)
+    # on a GPU, train with the fastest shipped setting whose measured peak fits the budget (raftune.memory_budget)
+    pick: bool = False
+    memory_budget_gib: float | None = None  # None: the GPU's free memory less a margin
 
 
 MERGE_METHODS = ("dequantized", "pristine")  # raftune.merge says what each one does
@@ -259,6 +262,7 @@ RULES = {
     "train.sample_max_new_tokens": integer(1),
     "fast.tokens_per_batch": integer(0),
     "fast.checkpoint_layers": integer(0),
+    "fast.memory_budget_gib": number(0),
     "merge.method": one_of(*MERGE_METHODS),
     "export.types": one_of(*_gguf_types(), each=True),
     "export.max_nmse": number(0),

@@ -43,7 +43,8 @@ GPU_LEVERS = ("liger", "bf16_frozen", "offload_checkpoints")
 
 def enabled(fast) -> bool:
     """Whether any lever is on: then `raftune train` uses this module's batches and collator."""
-    return any(bool(v) or (k == "checkpoint_layers" and v is not None) for k, v in dataclasses.asdict(fast).items())
+    return any(bool(v) or (k == "checkpoint_layers" and v is not None) for k, v in dataclasses.asdict(fast).items()
+               if k not in ("pick", "memory_budget_gib"))
 
 
 def _warn(message: str) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from raftune import RaftuneError, fast
+from raftune import RaftuneError, fast, memory_budget
 from raftune.chat import encode, render_prompt
 from raftune.config import RunConfig, config_to_dict
 from raftune.data.formats import read_records
@@ -186,6 +186,7 @@ TRAINERS = {"raft": _trl_trainer, "qac": _masked_trainer, "docs": _masked_traine
 def make_trainer(config: RunConfig, base: str, tokenizer, train_set, eval_set, out_dir: Path, callbacks=()):
     from transformers import set_seed
 
+    config = memory_budget.pick(config)  # a no-op for a recipe already picked by run() below
     # LoRA's A matrices are drawn when the adapter is created, before the Trainer seeds anything: seed here, or two
     # runs of one recipe differ from their first update on (B starts at zero, so the first loss hides it)
     set_seed(settings(config)["seed"])
@@ -359,6 +360,7 @@ def run(config: RunConfig, resume: bool = False, make_collator=None):
     """Train the recipe's adapter. `make_collator(tokenizer)` replaces the data collator: only for reproducing a
     training mistake on purpose (raftune.export.failure_modes.PadIsEosCollator)."""
     examples = load_examples(config)  # fails on a missing file or column before any model is loaded
+    config = memory_budget.pick(config)  # before the manifest and the adapter's config.yaml record the recipe
     work = config.stage_dir("train").with_name("train.partial")
     if not resume and main_process() and any(checkpoint_problem(p) is None
                                              for p in (work / "checkpoints").glob("checkpoint-*")):
