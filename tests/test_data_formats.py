@@ -1,6 +1,7 @@
 """Every seed data shape loads from every container; inspect and clean report honest, pinned numbers."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -43,8 +44,9 @@ def test_repr_context_is_never_executed():
         parse_context_repr("{'sentences': __import__('os').system('echo pwned')}")
 
 
-@pytest.mark.parametrize("container", ["json", "jsonl", "arrow", "disk"])
+@pytest.mark.parametrize("container", ["json", "jsonl", "arrow", "arrow-ipc-file", "parquet", "disk"])
 def test_all_containers_and_raft_shapes_normalise_alike(tmp_path, container):
+    import pyarrow as pa
     from datasets import Dataset
 
     structured = [raft_record({"sentences": [DOCS], "title": [["a", "b", "c"]]})]
@@ -56,14 +58,56 @@ def test_all_containers_and_raft_shapes_normalise_alike(tmp_path, container):
         elif container == "jsonl":
             path.write_text("\n".join(json.dumps(r) for r in records))
         elif container == "arrow":
-            # datasets writes an Arrow stream file into its cache; Dataset.from_file reads exactly that format
+            # the Arrow stream file datasets writes (as the seed's data.arrow)
             Dataset.from_list(records).save_to_disk(str(tmp_path / f"{name}-disk"))
             path = next((tmp_path / f"{name}-disk").glob("*.arrow"))
+        elif container == "arrow-ipc-file":  # the Arrow file format pyarrow.feather and pa.ipc.new_file write
+            path, table = tmp_path / f"{name}.arrow", pa.Table.from_pylist(records)
+            with pa.ipc.new_file(str(path), table.schema) as writer:
+                writer.write_table(table)
+        elif container == "parquet":
+            Dataset.from_list(records).to_parquet(str(path))
         else:
             Dataset.from_list(records).save_to_disk(str(path))
         shape, rows, skipped, _ = load_rows(path)
         assert shape == name and not skipped
         assert rows[0].documents == DOCS and rows[0].oracle_index == 1 and rows[0].final_answer == "x"
+
+
+def write_broken(tmp_path, container):
+    """A file of each format that its reader cannot read, or a format no reader takes."""
+    if container == "disk":
+        folder = tmp_path / "rows"
+        folder.mkdir()
+        (folder / "notes.txt").write_text("no dataset here")
+        return folder
+    names = {"json": "rows.json", "jsonl": "rows.jsonl", "arrow": "rows.arrow", "parquet": "rows.parquet",
+             "csv": "rows.csv", "none": "rows"}
+    path = tmp_path / names[container]
+    path.write_text('{"question": "Q?"}\n{"question": ' if container == "jsonl" else '[{"question": ')
+    return path
+
+
+@pytest.mark.parametrize("container, message", [
+    ("json", r"not valid JSON \(Expecting value: line 1 column 15 \(char 14\)\); expected a JSON list of objects$"),
+    ("jsonl", r"row 1: not valid JSON \(Expecting value\); expected one JSON object a line$"),
+    ("arrow", r"not readable as an Arrow file \(ArrowInvalid: .+\)$"),
+    ("parquet", r"not readable as a Parquet file \(ArrowInvalid: .+\)$"),
+    ("disk", r"not readable as a datasets save_to_disk folder \(FileNotFoundError: .+\)$"),
+    ("csv", r"unknown data format '.csv' \(expected JSON \(.json, a list of objects\), JSONL \(.jsonl\), an Arrow "
+            r"file \(.arrow\), Parquet \(.parquet\) or a datasets save_to_disk folder\)$"),
+    ("none", r"unknown data format 'rows' \(expected JSON"),
+], ids=["json", "jsonl", "arrow", "parquet", "disk", "csv", "none"])
+def test_a_broken_file_or_an_unknown_format_is_one_line_naming_the_file_and_what_was_expected(tmp_path, capsys, container,
+                                                                                             message):
+    from raftune.data.corpus import load_qac
+
+    path = write_broken(tmp_path, container)
+    assert main(["data", "inspect", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.match(f"raftune: error: {re.escape(str(path))}: {message}", err.strip())
+    with pytest.raises(RaftuneError, match=f"^{re.escape(str(path))}: {message}"):  # data.qac: the same loader
+        load_qac(path)
 
 
 def test_bad_rows_name_file_row_and_field_or_are_skipped_and_counted(tmp_path):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from raftune import RaftuneError
 from raftune.data.embedders import embedding_tokenizer
+from raftune.data.formats import read_for
 from raftune.data.pdf import chunk, clean_pages, pdf_pages, sentences
 
 
@@ -92,19 +93,11 @@ def load_corpus(folder: str | Path, chunk_tokens: int = 200, chunk_overlap: int 
 
 
 def load_qac(path: str | Path) -> list[dict]:
-    """Question/answer/context triplets: a JSON list of {"question", "answer", "context", ...}."""
-    path = Path(path)
-    if not path.is_file():
-        raise RaftuneError(f"QAC file not found: {path}")
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise RaftuneError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(rows, list):
-        raise RaftuneError(f"{path}: expected a JSON list of question/answer/context objects")
+    """Question/answer/context triplets {"question", "answer", "context", ...} in any data format (data.formats)."""
+    _, rows, _ = read_for(path, "data.qac")
     for i, row in enumerate(rows):
         for key in ("question", "answer", "context"):
-            if not isinstance(row, dict) or not isinstance(row.get(key), str) or not row[key].strip():
+            if not isinstance(row.get(key), str) or not row[key].strip():
                 raise RaftuneError(f"{path}: row {i}: field '{key}' must be a non-empty string")
     return rows
 

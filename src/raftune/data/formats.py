@@ -1,4 +1,8 @@
-"""Every data shape the seed team used, loaded from Arrow, `save_to_disk` folders, JSON or JSONL, and normalised.
+"""Every data shape the seed team used, loaded from any data format, and normalised.
+
+Formats (`read_records`, the one loader of every data input: data.raft, data.qac, data.paragraphs, RAFT test sets):
+  JSON (.json, a list of objects), JSONL (.jsonl, one object a line), an Arrow file (.arrow, stream or file format),
+  Parquet (.parquet), or a datasets `save_to_disk` folder (one split).
 
 Shapes:
   paragraphs  [{"paragraph"}]
@@ -22,6 +26,12 @@ from raftune import RaftuneError
 from raftune.answer import final_answer, has_final_answer
 
 RAFT_FIELDS = ("question", "context", "oracle_context", "cot_answer")
+FORMATS = ("JSON (.json, a list of objects), JSONL (.jsonl), an Arrow file (.arrow), Parquet (.parquet) "
+           "or a datasets save_to_disk folder")
+# which config key takes which shape, as said in the one-line error for a file given under the wrong key
+KEYS = {"raft": "data.raft", "raft-repr": "data.raft", "qac": "data.qac", "paragraphs": "data.paragraphs"}
+EXPECTED = {"data.raft": f"RAFT rows [{', '.join(RAFT_FIELDS)}]", "data.qac": "QAC triplets [question, answer, context]",
+            "data.paragraphs": "paragraphs [paragraph]"}
 
 
 @dataclass
@@ -36,26 +46,14 @@ class Row:
         return asdict(self)
 
 
-def read_records(path: str | Path) -> tuple[list[dict], list[str]]:
-    """Raw records and column names from an Arrow stream file, a `save_to_disk` folder, JSON or JSONL."""
-    path = Path(path)
-    if not path.exists():
-        raise RaftuneError(f"data file not found: {path}")
-    if path.is_dir() or path.suffix == ".arrow":
-        import datasets
-
-        try:
-            data = datasets.load_from_disk(str(path)) if path.is_dir() else datasets.Dataset.from_file(str(path))
-        except Exception as err:  # datasets raises several unrelated types for an unreadable file
-            raise RaftuneError(f"{path}: not a readable Arrow dataset ({type(err).__name__}: {err})") from None
-        if isinstance(data, datasets.DatasetDict):
-            raise RaftuneError(f"{path}: a DatasetDict with splits {list(data)}; pass one split's folder")
-        return data.to_list(), list(data.column_names)
+def _json_records(path: Path) -> list:
+    # json, not an Arrow reader: an Arrow schema would unify the rows, turning a row's missing field into a null
+    # and a row of another type into an unreadable file, where the checks below name the row
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise RaftuneError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
-    if path.suffix == ".jsonl":
+    if path.suffix.lower() == ".jsonl":
         records = []
         # lines end at "\n" only: str.splitlines() would also cut at U+2028 or U+0085 inside a JSON string, which
         # json.dumps(ensure_ascii=False) leaves unescaped (the seed's PDF paragraphs hold them)
@@ -64,14 +62,70 @@ def read_records(path: str | Path) -> tuple[list[dict], list[str]]:
                 try:
                     records.append(json.loads(line))
                 except json.JSONDecodeError as err:
-                    raise RaftuneError(f"{path}: row {n}: not valid JSON ({err.msg})") from None
-    else:
+                    raise RaftuneError(f"{path}: row {n}: not valid JSON ({err.msg}); expected one JSON object a line") \
+                        from None
+        return records
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise RaftuneError(f"{path}: not valid JSON ({err}); expected a JSON list of objects") from None
+    if not isinstance(records, list):
+        raise RaftuneError(f"{path}: expected a JSON list of objects, got a JSON {type(records).__name__}")
+    return records
+
+
+def _arrow_table(path: Path) -> tuple[list[dict], list[str]]:
+    """An Arrow stream file (what datasets writes, the seed's data.arrow) or an Arrow IPC file (pyarrow/feather)."""
+    import pyarrow as pa
+
+    with pa.memory_map(str(path)) as source:
         try:
-            records = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise RaftuneError(f"{path}: not valid JSON ({err})") from None
-        if not isinstance(records, list):
-            raise RaftuneError(f"{path}: expected a JSON list of objects")
+            table = pa.ipc.open_stream(source).read_all()
+        except pa.ArrowInvalid:
+            source.seek(0)
+            table = pa.ipc.open_file(source).read_all()
+        return table.to_pylist(), table.column_names
+
+
+def _parquet_table(path: Path) -> tuple[list[dict], list[str]]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(str(path))
+    return table.to_pylist(), table.column_names
+
+
+def _disk_table(path: Path) -> tuple[list[dict], list[str]]:
+    import datasets
+
+    data = datasets.load_from_disk(str(path))
+    if isinstance(data, datasets.DatasetDict):
+        raise RaftuneError(f"{path}: a DatasetDict with splits {list(data)}; pass one split's folder "
+                           f"({path / next(iter(data))})")
+    return data.to_list(), data.column_names
+
+
+TABLES = {".arrow": (_arrow_table, "an Arrow file"), ".parquet": (_parquet_table, "a Parquet file")}
+
+
+def read_records(path: str | Path) -> tuple[list[dict], list[str]]:
+    """Raw records and column names of a data file in any of FORMATS; one line naming the file for anything else."""
+    path = Path(path)
+    if not path.exists():
+        raise RaftuneError(f"data file not found: {path}")
+    suffix = path.suffix.lower()
+    if path.is_dir() or suffix in TABLES:
+        read, what = (_disk_table, "a datasets save_to_disk folder") if path.is_dir() else TABLES[suffix]
+        try:
+            records, columns = read(path)
+        except RaftuneError:
+            raise
+        except Exception as err:  # pyarrow and datasets raise several unrelated types for an unreadable file
+            reason = str(err).splitlines()[0][:200] if str(err) else ""
+            raise RaftuneError(f"{path}: not readable as {what} ({type(err).__name__}: {reason})") from None
+        return records, list(columns)
+    if suffix not in (".json", ".jsonl"):
+        raise RaftuneError(f"{path}: unknown data format '{path.suffix or path.name}' (expected {FORMATS})")
+    records = _json_records(path)
     for n, record in enumerate(records):
         if not isinstance(record, dict):
             raise RaftuneError(f"{path}: row {n}: expected an object, got {type(record).__name__}")
@@ -89,6 +143,16 @@ def detect_shape(columns: list[str], records: list[dict], path) -> str:
         return "paragraphs"
     raise RaftuneError(f"{path}: unknown shape with columns {columns} (expected paragraphs [paragraph], "
                        f"QAC [question, answer, context] or RAFT [{', '.join(RAFT_FIELDS)}, ...])")
+
+
+def read_for(path, key: str) -> tuple[str, list[dict], list[str]]:
+    """(shape, records, columns) of a file given under config `key`; one line naming the key that takes it if not."""
+    records, columns = read_records(path)
+    shape = detect_shape(columns, records, path)
+    if KEYS[shape] != key:
+        raise RaftuneError(f"{key}: {path} holds {shape} rows (columns: {', '.join(columns)}); {key} takes "
+                           f"{EXPECTED[key]}; this file goes in {KEYS[shape]}")
+    return shape, records, columns
 
 
 # numpy's repr of an object array: array([...], dtype=object); the inner call may be nested
