@@ -52,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.set_defaults(func=_data_build)
     inspect = data_sub.add_parser(
         "inspect", help="shape, row count, columns, oracle share, token lengths of a data file",
-        description="Load a data file (JSON, JSONL, Arrow file, Parquet or save_to_disk folder) in any seed shape "
-                    "and describe it.")
+        description="Load a data file (JSON, JSONL, Arrow file, Parquet or save_to_disk folder) in any seed shape or "
+                    "any shape raftune writes, and describe it.")
     inspect.add_argument("path", help="the data file or folder")
     inspect.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     inspect.add_argument("--tokenizer", help="tokenizer folder or hub id for token lengths (default: none, no lengths)")

@@ -1,17 +1,22 @@
-"""Every data shape the seed team used, loaded from any data format, and normalised.
+"""Every data shape the seed team used and raftune writes, loaded from any data format, and normalised.
 
 Formats (`read_records`, the one loader of every data input: data.raft, data.qac, data.paragraphs, RAFT test sets):
   JSON (.json, a list of objects), JSONL (.jsonl, one object a line), an Arrow file (.arrow, stream or file format),
   Parquet (.parquet), or a datasets `save_to_disk` folder (one split).
 
 Shapes:
-  paragraphs  [{"paragraph"}]
-  qac         [{"question", "answer", "context"}]
-  raft        gorilla/raft rows: id, type, question, context {"sentences": [[doc, ...]], "title": [[...]]},
-              oracle_context, cot_answer, instruction
-  raft-repr   the same rows with `context` as a string holding a Python/numpy repr (the seed's hand-cleaned file)
+  paragraphs      [{"paragraph"}], or [{"text"}] (raftune's docs_*.jsonl and chunks.jsonl)
+  qac             [{"question", "answer", "context"}]
+  raft            gorilla/raft rows: id, type, question, context {"sentences": [[doc, ...]], "title": [[...]]},
+                  oracle_context, cot_answer, instruction
+  raft-repr       the same rows with `context` as a string holding a Python/numpy repr (the seed's hand-cleaned file)
+  raft-documents  raftune's normalised RAFT rows (`data clean`'s clean.jsonl): question, documents, oracle_context,
+                  cot_answer
+  completion      [{"prompt", "completion"}] (raftune's completion_*.jsonl): training text, documents inside the prompt
+  chat            [{"messages": [{"role", "content"}, ...]}] (raftune's chat_*.jsonl): the same as chat turns
 
-All normalise to `Row` (question, documents, oracle index or None, reasoning answer, final answer).
+All normalise to `Row` (question, documents, oracle index or None, reasoning answer, final answer); a completion or
+chat row's "question" is its whole user turn, and it has no separate documents.
 """
 
 from __future__ import annotations
@@ -26,12 +31,14 @@ from raftune import RaftuneError
 from raftune.answer import final_answer, has_final_answer
 
 RAFT_FIELDS = ("question", "context", "oracle_context", "cot_answer")
+DOCUMENTS_FIELDS = ("question", "documents", "oracle_context", "cot_answer")
 FORMATS = ("JSON (.json, a list of objects), JSONL (.jsonl), an Arrow file (.arrow), Parquet (.parquet) "
            "or a datasets save_to_disk folder")
-# which config key takes which shape, as said in the one-line error for a file given under the wrong key
-KEYS = {"raft": "data.raft", "raft-repr": "data.raft", "qac": "data.qac", "paragraphs": "data.paragraphs"}
+# which config key takes which shape; completion and chat rows are training text, which no key takes
+KEYS = {"raft": "data.raft", "raft-repr": "data.raft", "raft-documents": "data.raft", "qac": "data.qac",
+        "paragraphs": "data.paragraphs"}
 EXPECTED = {"data.raft": f"RAFT rows [{', '.join(RAFT_FIELDS)}]", "data.qac": "QAC triplets [question, answer, context]",
-            "data.paragraphs": "paragraphs [paragraph]"}
+            "data.paragraphs": "paragraphs [paragraph] or [text]"}
 
 
 @dataclass
@@ -137,21 +144,29 @@ def detect_shape(columns: list[str], records: list[dict], path) -> str:
     if set(RAFT_FIELDS) <= set(columns):
         first = next((r["context"] for r in records if r.get("context") is not None), None)
         return "raft-repr" if isinstance(first, str) else "raft"
+    if set(DOCUMENTS_FIELDS) <= set(columns):
+        return "raft-documents"
     if {"question", "answer", "context"} <= set(columns):
         return "qac"
-    if "paragraph" in columns:
+    if "paragraph" in columns or "text" in columns:
         return "paragraphs"
-    raise RaftuneError(f"{path}: unknown shape with columns {columns} (expected paragraphs [paragraph], "
-                       f"QAC [question, answer, context] or RAFT [{', '.join(RAFT_FIELDS)}, ...])")
+    if {"prompt", "completion"} <= set(columns):
+        return "completion"
+    if "messages" in columns:
+        return "chat"
+    raise RaftuneError(f"{path}: unknown shape with columns {columns} (expected paragraphs [paragraph] or [text], "
+                       f"QAC [question, answer, context], RAFT [{', '.join(RAFT_FIELDS)}, ...] or "
+                       f"[{', '.join(DOCUMENTS_FIELDS)}], completion [prompt, completion] or chat [messages])")
 
 
 def read_for(path, key: str) -> tuple[str, list[dict], list[str]]:
     """(shape, records, columns) of a file given under config `key`; one line naming the key that takes it if not."""
     records, columns = read_records(path)
     shape = detect_shape(columns, records, path)
-    if KEYS[shape] != key:
+    if KEYS.get(shape) != key:
+        goes = f"this file goes in {KEYS[shape]}" if shape in KEYS else "no data key takes it (it is training text)"
         raise RaftuneError(f"{key}: {path} holds {shape} rows (columns: {', '.join(columns)}); {key} takes "
-                           f"{EXPECTED[key]}; this file goes in {KEYS[shape]}")
+                           f"{EXPECTED[key]}; {goes}")
     return shape, records, columns
 
 
@@ -215,13 +230,43 @@ def _require_str(record: dict, key: str) -> str:
     return value
 
 
+def _chat_turns(record: dict) -> tuple[str, str | None]:
+    """(the first user turn, the last assistant turn) of a chat row."""
+    turns = record.get("messages")
+    if turns is None:
+        raise KeyError("messages")
+    if not isinstance(turns, list) or not all(isinstance(t, dict) and isinstance(t.get("content"), str) for t in turns):
+        raise ValueError("field 'messages' must be a list of {role, content} turns")
+    user = next((t["content"] for t in turns if t.get("role") == "user"), None)
+    if user is None:
+        raise ValueError("field 'messages' has no user turn")
+    return user, next((t["content"] for t in reversed(turns) if t.get("role") == "assistant"), None)
+
+
+def _row_with_answer(question: str | None, documents: list[str], oracle: int | None, cot: str | None) -> Row:
+    return Row(question, documents, oracle, cot, final_answer(cot) if cot and has_final_answer(cot) else None)
+
+
 def normalise_record(record: dict, shape: str) -> Row:
     """One record of a known shape -> Row; raises KeyError(field) or ValueError(reason)."""
     if shape == "paragraphs":
-        return Row(None, [_require_str(record, "paragraph")], 0, None, None)
+        return Row(None, [_require_str(record, "text" if "text" in record and "paragraph" not in record
+                                       else "paragraph")], 0, None, None)
     if shape == "qac":
         answer = _require_str(record, "answer")
         return Row(_require_str(record, "question"), [_require_str(record, "context")], 0, None, answer)
+    if shape == "completion":
+        return _row_with_answer(_require_str(record, "prompt"), [], None, _require_str(record, "completion"))
+    if shape == "chat":
+        user, assistant = _chat_turns(record)
+        return _row_with_answer(user, [], None, assistant)
+    if shape == "raft-documents":
+        documents = record.get("documents")
+        if not isinstance(documents, list) or not all(isinstance(doc, str) for doc in documents):
+            raise KeyError("documents") if documents is None else ValueError("field 'documents' must be a list of strings")
+        cot = _require_str(record, "cot_answer")
+        return _row_with_answer(_require_str(record, "question"), documents,
+                                oracle_index(documents, _require_str(record, "oracle_context")), cot)
     context = record.get("context")
     if context is None:
         raise KeyError("context")
@@ -236,8 +281,8 @@ def normalise_record(record: dict, shape: str) -> Row:
         raise ValueError("field 'context' must be {'sentences': [[...]], 'title': [[...]]}")
     documents = _documents(context)
     cot = _require_str(record, "cot_answer")
-    return Row(_require_str(record, "question"), documents, oracle_index(documents, _require_str(record, "oracle_context")),
-               cot, final_answer(cot) if has_final_answer(cot) else None)
+    return _row_with_answer(_require_str(record, "question"), documents,
+                            oracle_index(documents, _require_str(record, "oracle_context")), cot)
 
 
 def load_rows(path: str | Path, skip_bad: bool = False) -> tuple[str, list[Row], list[dict], list[str]]:

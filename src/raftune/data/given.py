@@ -1,10 +1,11 @@
 """Training data from datasets the user already has, written where `raftune train` reads, for every approach it fits.
 
-  data.raft        RAFT rows in any shape `raftune data inspect` reads (the repr-string context too), cleaned by
-                   the rules of `raftune data clean` (data.clean: repair | strict | off; the report in
-                   runs/<run>/data/clean/).
+  data.raft        RAFT rows in any shape `raftune data inspect` reads (the repr-string context, `data clean`'s
+                   clean.jsonl), cleaned by the rules of `raftune data clean` (data.clean: repair | strict | off; the
+                   report in runs/<run>/data/clean/).
                    Trains raft, and qac (question, oracle document, final answer) and docs (its distinct documents).
-  data.paragraphs  [{"paragraph"}] (the seed's chatbot-documents, documents/paragraphs.json): trains docs.
+  data.paragraphs  [{"paragraph"}] (the seed's chatbot-documents, documents/paragraphs.json) or [{"text"}] (raftune's
+                   docs_*.jsonl and chunks.jsonl): trains docs.
   data.qac         [{"question", "answer", "context"}] (the seed's chatbot-qac-pairs), with train.approach qac:
                    trains qac as it is (its contexts need not be corpus paragraphs).
 

@@ -4,8 +4,8 @@ Seed shape: {"tests": [{"id", "questions": [{"id", "text", "quality": {"specific
                         "answers": [{"id", "text", "correctness", "keywords": [...], "cite": {"document", "page": [...]}}]}]}
 Every question of a test is paired with the test's first answer (its reference).
 
-RAFT rows (raftune's `runs/<run>/data/hf_eval.jsonl`, or any seed RAFT shape that `raftune data inspect` reads, in any
-data format of raftune.data.formats): each row is one question with its own documents (the "given"
+RAFT rows (raftune's `runs/<run>/data/hf_eval.jsonl` or `data clean`'s clean.jsonl, any seed RAFT shape, or QAC
+triplets, in any data format of raftune.data.formats): each row is one question with its own documents (the "given"
 context) and its reference answer (the text after `<ANSWER>:`); rows of one question are phrasings of one test.
 """
 
@@ -89,7 +89,10 @@ def load_seed_testset(path: Path, data) -> list[Item]:
 def load_raft_testset(path: Path) -> list[Item]:
     """One Item per RAFT row; test id = the question (raftune's question_index, else the question text)."""
 
-    _, rows, _, _ = load_rows(path)
+    shape, rows, _, _ = load_rows(path)
+    if not (shape.startswith("raft") or shape == "qac"):
+        raise RaftuneError(f"{path}: a test set holds RAFT rows or QAC triplets (or is the seed's test set JSON, "
+                           f"{SEED_SHAPE}); found {shape} rows")
     records, _ = read_records(path)
     tests: dict = {}
     phrasings: dict = {}
