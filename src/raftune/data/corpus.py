@@ -25,6 +25,19 @@ class Chunk:
         return asdict(self)
 
 
+CORPUS_SUFFIXES = (".json", ".txt", ".md", ".pdf")  # the files a corpus folder is read from
+
+
+def document_key(name: str) -> str:
+    """The one rule by which documents are compared (a test's citation with a corpus chunk's document): the file
+    name, with or without its folder and a corpus file's extension, case ignored. Chunks are named by the file's
+    stem ("119_ZuSMa_Senat_18012022"), and test sets cite "119_ZuSMa_Senat_18012022.pdf" as often."""
+    name = re.split(r"[/\\]", name.strip())[-1]
+    stem, dot, suffix = name.rpartition(".")
+    # only a corpus extension goes: "Ordnung v1.2" keeps its ".2"
+    return (stem if dot and f".{suffix.lower()}" in CORPUS_SUFFIXES else name).casefold()
+
+
 def _require(obj: dict, key: str, kind, where: str):
     if key not in obj:
         raise RaftuneError(f"{where}: missing field '{key}'")
