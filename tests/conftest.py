@@ -45,6 +45,30 @@ def monkeypatch_session():
         yield patch
 
 
+# the data formats every data input takes (raftune.data.formats, README "Your own documents and data")
+FORMATS = ["json", "jsonl", "arrow", "disk", "parquet"]
+
+
+def write_data(path: Path, rows: list[dict], container: str) -> Path:
+    """`rows` in one of FORMATS at `path` (its suffix replaced); returns the file or folder written."""
+    from datasets import Dataset
+
+    if container == "json":
+        path = path.with_suffix(".json")
+        path.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    elif container == "jsonl":
+        path = path.with_suffix(".jsonl")
+        path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
+    elif container == "parquet":
+        path = path.with_suffix(".parquet")
+        Dataset.from_list(rows).to_parquet(str(path))
+    else:
+        Dataset.from_list(rows).save_to_disk(str(path))
+        if container == "arrow":  # the Arrow stream file inside the folder, as the seed shipped data.arrow
+            path = next(path.glob("*.arrow"))
+    return path
+
+
 def mini_config(runs_dir: Path, *extra: str):
     return load_config(ROOT / "configs" / "demo-tiny.yaml", [*MINI_OVERRIDES, f"runs_dir={runs_dir}", "run=mini", *extra])
 

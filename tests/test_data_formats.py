@@ -1,6 +1,7 @@
 """Every seed data shape loads from every container; inspect and clean report honest, pinned numbers."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from raftune.cli import main
 from raftune.data.clean import clean, quote_status
 from raftune.data.formats import load_rows, parse_context_repr
 
-from conftest import SHARED
+from conftest import SHARED, mini_config
 
 SEED = SHARED / "seed-data"
 needs_seed = pytest.mark.skipif(not SEED.is_dir(), reason=f"seed data not found at {SEED} (../shared is absent)")
@@ -43,8 +44,9 @@ def test_repr_context_is_never_executed():
         parse_context_repr("{'sentences': __import__('os').system('echo pwned')}")
 
 
-@pytest.mark.parametrize("container", ["json", "jsonl", "arrow", "disk"])
+@pytest.mark.parametrize("container", ["json", "jsonl", "arrow", "arrow-ipc-file", "parquet", "disk"])
 def test_all_containers_and_raft_shapes_normalise_alike(tmp_path, container):
+    import pyarrow as pa
     from datasets import Dataset
 
     structured = [raft_record({"sentences": [DOCS], "title": [["a", "b", "c"]]})]
@@ -56,14 +58,56 @@ def test_all_containers_and_raft_shapes_normalise_alike(tmp_path, container):
         elif container == "jsonl":
             path.write_text("\n".join(json.dumps(r) for r in records))
         elif container == "arrow":
-            # datasets writes an Arrow stream file into its cache; Dataset.from_file reads exactly that format
+            # the Arrow stream file datasets writes (as the seed's data.arrow)
             Dataset.from_list(records).save_to_disk(str(tmp_path / f"{name}-disk"))
             path = next((tmp_path / f"{name}-disk").glob("*.arrow"))
+        elif container == "arrow-ipc-file":  # the Arrow file format pyarrow.feather and pa.ipc.new_file write
+            path, table = tmp_path / f"{name}.arrow", pa.Table.from_pylist(records)
+            with pa.ipc.new_file(str(path), table.schema) as writer:
+                writer.write_table(table)
+        elif container == "parquet":
+            Dataset.from_list(records).to_parquet(str(path))
         else:
             Dataset.from_list(records).save_to_disk(str(path))
         shape, rows, skipped, _ = load_rows(path)
         assert shape == name and not skipped
         assert rows[0].documents == DOCS and rows[0].oracle_index == 1 and rows[0].final_answer == "x"
+
+
+def write_broken(tmp_path, container):
+    """A file of each format that its reader cannot read, or a format no reader takes."""
+    if container == "disk":
+        folder = tmp_path / "rows"
+        folder.mkdir()
+        (folder / "notes.txt").write_text("no dataset here")
+        return folder
+    names = {"json": "rows.json", "jsonl": "rows.jsonl", "arrow": "rows.arrow", "parquet": "rows.parquet",
+             "csv": "rows.csv", "none": "rows"}
+    path = tmp_path / names[container]
+    path.write_text('{"question": "Q?"}\n{"question": ' if container == "jsonl" else '[{"question": ')
+    return path
+
+
+@pytest.mark.parametrize("container, message", [
+    ("json", r"not valid JSON \(Expecting value: line 1 column 15 \(char 14\)\); expected a JSON list of objects$"),
+    ("jsonl", r"row 1: not valid JSON \(Expecting value\); expected one JSON object a line$"),
+    ("arrow", r"not readable as an Arrow file \(ArrowInvalid: .+\)$"),
+    ("parquet", r"not readable as a Parquet file \(ArrowInvalid: .+\)$"),
+    ("disk", r"not readable as a datasets save_to_disk folder \(FileNotFoundError: .+\)$"),
+    ("csv", r"unknown data format '.csv' \(expected JSON \(.json, a list of objects\), JSONL \(.jsonl\), an Arrow "
+            r"file \(.arrow\), Parquet \(.parquet\) or a datasets save_to_disk folder\)$"),
+    ("none", r"unknown data format 'rows' \(expected JSON"),
+], ids=["json", "jsonl", "arrow", "parquet", "disk", "csv", "none"])
+def test_a_broken_file_or_an_unknown_format_is_one_line_naming_the_file_and_what_was_expected(tmp_path, capsys, container,
+                                                                                             message):
+    from raftune.data.corpus import load_qac
+
+    path = write_broken(tmp_path, container)
+    assert main(["data", "inspect", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.match(f"raftune: error: {re.escape(str(path))}: {message}", err.strip())
+    with pytest.raises(RaftuneError, match=f"^{re.escape(str(path))}: {message}"):  # data.qac: the same loader
+        load_qac(path)
 
 
 def test_bad_rows_name_file_row_and_field_or_are_skipped_and_counted(tmp_path):
@@ -119,6 +163,81 @@ def test_clean_repairs_quotes_and_keeps_reasons(tmp_path):
     kept = [json.loads(line) for line in (tmp_path / "repaired" / "clean.jsonl").read_text().splitlines()]
     assert "##begin_quote##it's the oracle##end_quote##" in kept[1]["cot_answer"]
     assert "| duplicate | 1 |" in (tmp_path / "repaired" / "report.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    """Every data file raftune writes: a build from the mini corpus, `data clean` of its RAFT rows, and a build from
+    its RAFT rows given as data.raft."""
+    from raftune.data import stage as data_stage
+
+    tmp = tmp_path_factory.mktemp("written")
+    corpus = data_stage.run(mini_config(tmp / "corpus"))
+    clean(corpus / "hf_train.jsonl", tmp / "clean")
+    given = data_stage.run(mini_config(tmp / "given", f"data.raft={corpus / 'hf_train.jsonl'}"))
+    return {"corpus": corpus, "clean": tmp / "clean", "given": given}
+
+
+def rows_written(path) -> int:
+    if path.is_dir():
+        from datasets import load_from_disk
+
+        return load_from_disk(str(path)).num_rows
+    return len([line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()])
+
+
+SPLITS = ("train", "eval")
+WRITTEN = [("corpus", "chunks.jsonl", "paragraphs"), ("clean", "clean.jsonl", "raft-documents"),
+           ("given", "clean/clean.jsonl", "raft-documents")] + [
+    (stage, name.format(split), shape) for stage in ("corpus", "given") for split in SPLITS
+    for name, shape in (("hf_{}.jsonl", "raft"), ("raft/{}", "raft"), ("qac_{}.jsonl", "qac"),
+                        ("docs_{}.jsonl", "paragraphs"), ("completion_{}.jsonl", "completion"), ("chat_{}.jsonl", "chat"))]
+# the data key that takes each shape, and how it reads the file (the rows it keeps: every row of these files)
+KEY_READERS = {"raft": "data.raft", "raft-documents": "data.raft", "qac": "data.qac", "paragraphs": "data.paragraphs"}
+
+
+@pytest.mark.parametrize("stage, name, shape", WRITTEN)
+def test_every_data_file_raftune_writes_is_read_by_inspect_and_its_data_key(written, tmp_path, capsys, stage, name, shape):
+    from raftune.data import given
+
+    path = written[stage] / name
+    assert main(["data", "inspect", "--json", str(path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["shape"], report["rows"]) == (shape, rows_written(path)) and report["rows"] > 0
+    if shape in ("raft", "raft-documents", "completion", "chat"):
+        assert report["answer_marker"] == 1.0  # every row raftune writes ends with <ANSWER>:
+    key = KEY_READERS.get(shape)
+    if key == "data.raft":
+        rows, _ = given.raft_rows(path, "off", tmp_path)
+    elif key == "data.qac":
+        rows = given.qac_rows(path)
+    elif key == "data.paragraphs":
+        rows = given.paragraph_rows(path)
+    else:  # training text: no key takes it, and the key says so
+        with pytest.raises(RaftuneError, match=rf"data.raft: .* holds {shape} rows .* no data key takes it"):
+            given.raft_rows(path, "off", tmp_path)
+        return
+    assert len(rows) == report["rows"]
+
+
+def test_clean_output_is_cleaned_again_unchanged_trains_and_is_a_test_set(written, tmp_path):
+    from raftune.data import stage as data_stage
+    from raftune.data.testset import load_testset
+    from raftune.train import load_examples
+
+    path = written["clean"] / "clean.jsonl"
+    again = clean(path, tmp_path / "again")
+    assert again["shape"] == "raft-documents" and again["rows_read"] == again["kept"] == rows_written(path)
+    assert (tmp_path / "again" / "clean.jsonl").read_text() == path.read_text()
+    config = mini_config(tmp_path / "runs", f"data.raft={path}")
+    data_stage.run(config)
+    splits = load_examples(config)
+    assert sorted(r["question"] for r in [*splits["train"], *splits["eval"]]) == \
+        sorted(json.loads(line)["question"] for line in path.read_text().splitlines())
+    items = load_testset(path)
+    kept = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(i.question, i.documents, i.reference) for i in items] == \
+        [(r["question"], r["documents"], r["final_answer"]) for r in kept]
 
 
 @needs_seed

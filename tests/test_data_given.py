@@ -9,7 +9,7 @@ from raftune.cli import main
 from raftune.data import stage as data_stage
 from raftune.train import load_examples
 
-from conftest import ROOT, SHARED, mini_config
+from conftest import FORMATS, MINI, ROOT, SHARED, mini_config, write_data
 from test_data_formats import numpy_repr_context
 
 SEED = SHARED / "seed-data"
@@ -39,29 +39,16 @@ ROWS = [
 
 
 def write_rows(path, rows, container):
-    from datasets import Dataset
-
-    if container == "json":
-        path = path.with_suffix(".json")
-        path.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
-    elif container == "jsonl":
-        path = path.with_suffix(".jsonl")
-        path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
-    elif container == "repr":  # the seed's hand-cleaned variant: context as a numpy repr string
-        path = path.with_suffix(".json")
-        path.write_text(json.dumps([{**r, "context": numpy_repr_context(DOCS)} for r in rows]), encoding="utf-8")
-    else:
-        Dataset.from_list(rows).save_to_disk(str(path))
-        if container == "arrow":  # the Arrow stream file inside the folder, as the seed shipped data.arrow
-            path = next(path.glob("*.arrow"))
-    return path
+    if container == "repr":  # the seed's hand-cleaned variant: context as a numpy repr string
+        return write_data(path, [{**r, "context": numpy_repr_context(DOCS)} for r in rows], "json")
+    return write_data(path, rows, container)
 
 
 def config_for(tmp_path, *overrides):
     return mini_config(tmp_path / "runs", "data.eval_fraction=0.34", *overrides)
 
 
-@pytest.mark.parametrize("container", ["json", "jsonl", "repr", "arrow", "disk"])
+@pytest.mark.parametrize("container", [*FORMATS, "repr"])
 def test_raft_file_is_cleaned_split_by_question_and_read_by_train(tmp_path, container):
     path = write_rows(tmp_path / "rows", ROWS, container)
     config = config_for(tmp_path, f"data.raft={path}")
@@ -131,6 +118,52 @@ def test_paragraphs_and_qac_files_train_their_approach(tmp_path):
     held = {r["question"].lower() for r in splits["eval"]}
     assert len(held) == 2 and len(splits["train"]) + len(splits["eval"]) == 10  # round(9 questions x 0.2) held out
     assert not held & {r["question"].lower() for r in splits["train"]}
+
+
+MINI_QAC = json.loads((MINI / "qac.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("container", FORMATS)
+def test_data_qac_beside_the_corpus_takes_every_format(tmp_path, container):
+    """The triplets RAFT rows are built from (the default approach): the same rows from every format."""
+    out = data_stage.run(config_for(tmp_path, f"data.qac={write_data(tmp_path / 'qac', MINI_QAC, container)}"))
+    outputs = json.loads((out / "manifest.json").read_text())["outputs"]
+    # 6 triplets x data.rows_per_question=2; round(6 x 0.34) = 2 questions held out
+    assert (outputs["questions"], outputs["train_rows"], outputs["eval_rows"]) == (6, 8, 4)
+    rows = [json.loads(line) for name in ("hf_train.jsonl", "hf_eval.jsonl") for line in (out / name).read_text().splitlines()]
+    assert {(r["question"], r["oracle_context"]) for r in rows} == {(q["question"], q["context"]) for q in MINI_QAC}
+
+
+@pytest.mark.parametrize("container", FORMATS)
+def test_paragraphs_and_qac_for_their_approach_take_every_format(tmp_path, container):
+    paragraphs = [{"paragraph": f"Absatz {i} der Ordnung."} for i in range(10)]
+    config = config_for(tmp_path, f"data.paragraphs={write_data(tmp_path / 'paragraphs', paragraphs, container)}",
+                        "train.approach=docs", "data.eval_fraction=0.2")
+    data_stage.run(config)
+    splits = load_examples(config)
+    assert len(splits["eval"]) == 2
+    assert sorted(r["text"] for r in [*splits["train"], *splits["eval"]]) == sorted(p["paragraph"] for p in paragraphs)
+    triplets = [{"question": f"Frage {i}?", "answer": f"Antwort {i}", "context": f"Kontext {i}"} for i in range(10)]
+    config = config_for(tmp_path, f"data.qac={write_data(tmp_path / 'qac', triplets, container)}", "train.approach=qac",
+                        "data.eval_fraction=0.2")
+    data_stage.run(config)
+    splits = load_examples(config)
+    assert len(splits["eval"]) == 2
+    assert sorted((r["question"], r["answer"], r["context"]) for r in [*splits["train"], *splits["eval"]]) == \
+        sorted((t["question"], t["answer"], t["context"]) for t in triplets)
+
+
+@pytest.mark.parametrize("container", FORMATS)
+def test_a_raft_test_set_takes_every_format(tmp_path, container):
+    from raftune.data.testset import load_testset
+
+    rows = [ROWS[0], ROWS[1], ROWS[3], ROWS[4]]
+    items = load_testset(write_data(tmp_path / "testset", rows, container))
+    assert [(i.test_id, i.question_id, i.question, i.reference) for i in items] == [
+        (1, 1, "Bis wann kann man sich anmelden?", "21 Tage"), (2, 1, "Bis wann kann man zurücktreten?", "sieben Tage"),
+        (3, 1, "Was ist bei Krankheit vorzulegen?", "ein Attest"), (4, 1, "bis wann kann man sich  Anmelden?", "drei Tage")]
+    assert all(i.documents == DOCS for i in items)
+    assert [i.cited_texts for i in items] == [[DOCS[0]], [DOCS[1]], [DOCS[2]], [DOCS[2]]]
 
 
 def test_a_file_that_does_not_fit_is_named_in_one_line(tmp_path, capsys):

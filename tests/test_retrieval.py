@@ -1,14 +1,15 @@
 """Retrieval: BM25 with German stemming, the packaged multilingual embedders, reciprocal rank fusion, the comparison."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from raftune import RaftuneError
 from raftune.cli import main
 from raftune.config import RunConfig
-from raftune.data.corpus import Chunk, load_corpus
-from raftune.data.retrieval import RRF_K, Retriever, build_retriever, retrieval_report
+from raftune.data.corpus import Chunk, document_key, load_corpus
+from raftune.data.retrieval import RRF_K, Retriever, build_retriever, cites, contexts, retrieval_report
 from raftune.data.testset import load_testset
 
 from conftest import MINI, ROOT, SHARED, mini_config
@@ -80,6 +81,54 @@ def test_retrieval_report_prints_every_retriever_side_by_side(tmp_path, capsys):
     assert len(saved["retrievers"]) == 7 and saved["configured"] == ["dense", "multilingual-e5-small"]
 
 
+def mini_testset_citing(tmp_path, name) -> Path:
+    """The mini test set with every citation's document renamed by `name(document)`."""
+    data = json.loads((MINI / "testset.json").read_text(encoding="utf-8"))
+    for test in data["tests"]:
+        test["answers"][0]["cite"]["document"] = name(test["answers"][0]["cite"]["document"])
+    path = tmp_path / "testset.json"
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("cited, key", [
+    ("119_ZuSMa_Senat_18012022.pdf", "119_zusma_senat_18012022"), ("119_ZuSMa_Senat_18012022", "119_zusma_senat_18012022"),
+    ("seed-data/pdfs/119_ZuSMa_Senat_18012022.PDF", "119_zusma_senat_18012022"), ("C:\\docs\\APO.md", "apo"),
+    (" ordnung.json ", "ordnung"), ("Ordnung v1.2", "ordnung v1.2"), ("bericht.docx", "bericht.docx")])
+def test_a_document_is_named_by_its_file_name_with_or_without_extension_and_case(cited, key):
+    assert document_key(cited) == key
+
+
+@pytest.mark.parametrize("name", [lambda d: f"{d}.pdf", lambda d: f"{d.upper()}.PDF", lambda d: f"corpus/{d}.json"],
+                         ids=["pdf", "upper-case", "folder-and-json"])
+def test_a_citation_with_the_file_extension_scores_as_the_stem_does(tmp_path, name):
+    chunks = load_corpus(MINI / "corpus")
+    by_stem, by_file = load_testset(MINI / "testset.json"), load_testset(mini_testset_citing(tmp_path, name))
+    assert by_file[0].cite_document != by_stem[0].cite_document
+    ranked = [chunks] * len(by_stem)  # every chunk, in corpus order
+    assert retrieval_report(by_file, ranked, [1, 6]) == retrieval_report(by_stem, ranked, [1, 6])
+    assert retrieval_report(by_file, ranked, [6])["k"]["6"]["cited_passage"] == 1.0
+    assert [[c.id for c in chunks if cites(i, c)] for i in by_file] == [[c.id for c in chunks if cites(i, c)] for i in by_stem]
+    # citation scoring: the passages the test cites, as evaluate gathers them
+    config = mini_config(tmp_path / "runs", "evaluate.retriever=bm25")
+    contexts(config, by_file)
+    contexts(config, by_stem)
+    assert [i.cited_texts for i in by_file] == [i.cited_texts for i in by_stem] and all(i.cited_texts for i in by_file)
+
+
+def test_a_test_set_whose_citations_name_no_corpus_document_is_one_line(tmp_path, capsys):
+    testset = mini_testset_citing(tmp_path, lambda d: {"ordnung": "pruefungsordnung.pdf"}.get(d, "gebuehren2.pdf"))
+    assert main(["evaluate", "--retrieval-report", "--config", str(ROOT / "configs" / "demo-tiny.yaml"),
+                 f"runs_dir={tmp_path}", f"data.corpus={MINI / 'corpus'}", f"evaluate.testset={testset}"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"raftune: error: {testset}: none of its 2 cited documents is in the corpus {MINI / 'corpus'}: "
+        f"'pruefungsordnung.pdf' is not one of gebuehren, ordnung (a citation matches a corpus file name, with or "
+        f"without its extension, case ignored)"]
+    config = mini_config(tmp_path / "runs", "evaluate.retriever=bm25", f"evaluate.testset={testset}")
+    with pytest.raises(RaftuneError, match=r"none of its 2 cited documents is in the corpus"):  # evaluate says it too
+        contexts(config, load_testset(testset))
+
+
 SEED_PDFS = SHARED / "seed-data" / "pdfs"
 
 
@@ -99,7 +148,7 @@ def test_seed_pdf_testset_keywords_are_in_the_reference_and_the_cited_pages():
     items = load_testset(ROOT / "datasets" / "seed-pdfs" / "testset.json")
     chunks = load_corpus(SEED_PDFS)
     for item in items:
-        cited = " ".join(c.text for c in chunks if c.document == item.cite_document and c.page in item.cite_pages)
+        cited = " ".join(c.text for c in chunks if cites(item, c))
         assert cited, (item.test_id, item.cite_document)
         for keyword in item.keywords:
             assert keyword in item.reference and keyword.lower() in cited.lower(), (item.test_id, keyword)

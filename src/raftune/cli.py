@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.set_defaults(func=_data_build)
     inspect = data_sub.add_parser(
         "inspect", help="shape, row count, columns, oracle share, token lengths of a data file",
-        description="Load an Arrow file, save_to_disk folder, JSON or JSONL in any seed shape and describe it.")
+        description="Load a data file (JSON, JSONL, Arrow file, Parquet or save_to_disk folder) in any seed shape or "
+                    "any shape raftune writes, and describe it.")
     inspect.add_argument("path", help="the data file or folder")
     inspect.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     inspect.add_argument("--tokenizer", help="tokenizer folder or hub id for token lengths (default: none, no lengths)")
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         "clean", help="check every RAFT row and write the kept rows and a report",
         description="Reject RAFT rows that are not questions, quote text not in the context, lack <ANSWER>:, ...; "
                     "write clean.jsonl, report.json and report.md to OUT.")
-    clean.add_argument("path", help="RAFT rows (Arrow file, save_to_disk folder, JSON or JSONL)")
+    clean.add_argument("path", help="RAFT rows (JSON, JSONL, Arrow file, Parquet or save_to_disk folder)")
     clean.add_argument("--out", required=True, help="output folder")
     clean.add_argument("--repair", action="store_true",
                        help="re-quote spans that are in the context up to whitespace and quote marks, instead of rejecting")

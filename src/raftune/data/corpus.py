@@ -9,6 +9,7 @@ from pathlib import Path
 
 from raftune import RaftuneError
 from raftune.data.embedders import embedding_tokenizer
+from raftune.data.formats import read_for
 from raftune.data.pdf import chunk, clean_pages, pdf_pages, sentences
 
 
@@ -22,6 +23,19 @@ class Chunk:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+CORPUS_SUFFIXES = (".json", ".txt", ".md", ".pdf")  # the files a corpus folder is read from
+
+
+def document_key(name: str) -> str:
+    """The one rule by which documents are compared (a test's citation with a corpus chunk's document): the file
+    name, with or without its folder and a corpus file's extension, case ignored. Chunks are named by the file's
+    stem ("119_ZuSMa_Senat_18012022"), and test sets cite "119_ZuSMa_Senat_18012022.pdf" as often."""
+    name = re.split(r"[/\\]", name.strip())[-1]
+    stem, dot, suffix = name.rpartition(".")
+    # only a corpus extension goes: "Ordnung v1.2" keeps its ".2"
+    return (stem if dot and f".{suffix.lower()}" in CORPUS_SUFFIXES else name).casefold()
 
 
 def _require(obj: dict, key: str, kind, where: str):
@@ -92,19 +106,11 @@ def load_corpus(folder: str | Path, chunk_tokens: int = 200, chunk_overlap: int 
 
 
 def load_qac(path: str | Path) -> list[dict]:
-    """Question/answer/context triplets: a JSON list of {"question", "answer", "context", ...}."""
-    path = Path(path)
-    if not path.is_file():
-        raise RaftuneError(f"QAC file not found: {path}")
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise RaftuneError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(rows, list):
-        raise RaftuneError(f"{path}: expected a JSON list of question/answer/context objects")
+    """Question/answer/context triplets {"question", "answer", "context", ...} in any data format (data.formats)."""
+    _, rows, _ = read_for(path, "data.qac")
     for i, row in enumerate(rows):
         for key in ("question", "answer", "context"):
-            if not isinstance(row, dict) or not isinstance(row.get(key), str) or not row[key].strip():
+            if not isinstance(row.get(key), str) or not row[key].strip():
                 raise RaftuneError(f"{path}: row {i}: field '{key}' must be a non-empty string")
     return rows
 

@@ -1,13 +1,15 @@
 """Training data from datasets the user already has, written where `raftune train` reads, for every approach it fits.
 
-  data.raft        RAFT rows in any shape and container `raftune data inspect` reads (Arrow stream file,
-                   `save_to_disk` folder, JSON, JSONL, the repr-string context), cleaned by the rules of
-                   `raftune data clean` (data.clean: repair | strict | off; the report in runs/<run>/data/clean/).
+  data.raft        RAFT rows in any shape `raftune data inspect` reads (the repr-string context, `data clean`'s
+                   clean.jsonl), cleaned by the rules of `raftune data clean` (data.clean: repair | strict | off; the
+                   report in runs/<run>/data/clean/).
                    Trains raft, and qac (question, oracle document, final answer) and docs (its distinct documents).
-  data.paragraphs  [{"paragraph"}] (the seed's chatbot-documents, documents/paragraphs.json): trains docs.
+  data.paragraphs  [{"paragraph"}] (the seed's chatbot-documents, documents/paragraphs.json) or [{"text"}] (raftune's
+                   docs_*.jsonl and chunks.jsonl): trains docs.
   data.qac         [{"question", "answer", "context"}] (the seed's chatbot-qac-pairs), with train.approach qac:
                    trains qac as it is (its contexts need not be corpus paragraphs).
 
+Every key takes every format of raftune.data.formats (JSON, JSONL, Arrow file, Parquet, `save_to_disk` folder).
 Rows are split by question (paragraphs by paragraph) with data.eval_fraction, so no held-out question is trained on
 with other distractors. Every file is read and checked before anything is written.
 """
@@ -19,13 +21,9 @@ from pathlib import Path
 from raftune import RaftuneError
 from raftune.chat import user_message
 from raftune.data.clean import clean
-from raftune.data.formats import RAFT_FIELDS, detect_shape, load_rows, read_records, squash
+from raftune.data.formats import load_rows, read_for, read_records, squash
 from raftune.data.raft import split_by_question, split_by_row
 
-# which config key takes which shape, as said in the one-line error for a file given under the wrong key
-KEYS = {"raft": "data.raft", "raft-repr": "data.raft", "qac": "data.qac", "paragraphs": "data.paragraphs"}
-EXPECTED = {"data.raft": f"RAFT rows [{', '.join(RAFT_FIELDS)}]", "data.qac": "QAC triplets [question, answer, context]",
-            "data.paragraphs": "paragraphs [paragraph]"}
 NEEDS = {"raft": "data.raft (or data.corpus with data.qac, with no data.raft or data.paragraphs)",
          "qac": "data.raft or data.qac", "docs": "data.paragraphs or data.raft"}
 
@@ -34,15 +32,6 @@ def applies(config) -> bool:
     """Whether the data stage trains on given files rather than building RAFT rows from the corpus."""
     cfg = config.data
     return bool(cfg.raft or cfg.paragraphs or (config.train.approach == "qac" and cfg.qac))
-
-
-def _check_shape(path, key: str) -> str:
-    records, columns = read_records(path)
-    shape = detect_shape(columns, records, path)
-    if KEYS[shape] != key:
-        raise RaftuneError(f"{key}: {path} holds {shape} rows (columns: {', '.join(columns)}); {key} takes "
-                           f"{EXPECTED[key]}; this file goes in {KEYS[shape]}")
-    return shape
 
 
 def _question_indices(questions: list[str]) -> list[int]:
@@ -54,7 +43,7 @@ def _question_indices(questions: list[str]) -> list[int]:
 def raft_rows(path, mode: str, out: Path) -> tuple[list[dict], dict]:
     """RAFT rows of the file in raftune's layout (the columns `data build` writes), and what cleaning did."""
 
-    shape = _check_shape(path, "data.raft")
+    shape, _, _ = read_for(path, "data.raft")
     if mode == "off":
         _, rows, _, _ = load_rows(path)
         records, _ = read_records(path)
@@ -79,7 +68,7 @@ def raft_rows(path, mode: str, out: Path) -> tuple[list[dict], dict]:
 
 
 def qac_rows(path) -> list[dict]:
-    _check_shape(path, "data.qac")
+    read_for(path, "data.qac")
     _, rows, _, _ = load_rows(path)
     indices = _question_indices([r.question for r in rows])
     return [{"id": f"q{q}-{n}", "question": r.question, "answer": r.final_answer, "context": r.documents[0],
@@ -87,7 +76,7 @@ def qac_rows(path) -> list[dict]:
 
 
 def paragraph_rows(path) -> list[dict]:
-    _check_shape(path, "data.paragraphs")
+    read_for(path, "data.paragraphs")
     _, rows, _, _ = load_rows(path)
     return [{"id": f"p{n}", "text": r.documents[0].strip()} for n, r in enumerate(rows) if r.documents[0].strip()]
 

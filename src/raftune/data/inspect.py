@@ -10,6 +10,8 @@ import numpy as np
 from raftune.data.formats import load_rows
 from raftune.figures import length_histogram
 
+TEXT_SHAPES = ("completion", "chat")  # training text: the documents are inside the prompt, not counted apart
+
 
 def token_lengths(rows, tokenizer) -> dict[str, list[int]]:
     """Prompt tokens (question + documents) and completion tokens (reasoning answer, else final answer)."""
@@ -27,12 +29,11 @@ def percentiles(values: list[int]) -> dict[str, int]:
 
 def inspect(path: str | Path, tokenizer=None, plot: str | Path | None = None) -> dict:
     shape, rows, _, columns = load_rows(path)
-    report = {
-        "path": str(path), "rows": len(rows), "shape": shape, "columns": columns,
-        "documents_per_row": dict(sorted(Counter(len(row.documents) for row in rows).items())),
-        "oracle_present": round(sum(row.oracle_index is not None for row in rows) / max(len(rows), 1), 4),
-    }
-    if shape.startswith("raft"):
+    report = {"path": str(path), "rows": len(rows), "shape": shape, "columns": columns}
+    if shape not in TEXT_SHAPES:
+        report["documents_per_row"] = dict(sorted(Counter(len(row.documents) for row in rows).items()))
+        report["oracle_present"] = round(sum(row.oracle_index is not None for row in rows) / max(len(rows), 1), 4)
+    if shape.startswith("raft") or shape in TEXT_SHAPES:
         report["answer_marker"] = round(sum(row.final_answer is not None for row in rows) / max(len(rows), 1), 4)
     if tokenizer is not None:
         lengths = token_lengths(rows, tokenizer)
@@ -45,9 +46,9 @@ def inspect(path: str | Path, tokenizer=None, plot: str | Path | None = None) ->
 
 def format_report(report: dict) -> str:
     lines = [f"{report['path']}: {report['rows']} rows, shape '{report['shape']}'",
-             f"columns: {', '.join(report['columns'])}",
-             f"documents per row: {report['documents_per_row']}",
-             f"oracle present: {report['oracle_present']:.1%}"]
+             f"columns: {', '.join(report['columns'])}"]
+    if "documents_per_row" in report:
+        lines += [f"documents per row: {report['documents_per_row']}", f"oracle present: {report['oracle_present']:.1%}"]
     if "answer_marker" in report:
         lines.append(f"with <ANSWER>: {report['answer_marker']:.1%}")
     for name, stats in report.get("tokens", {}).items():

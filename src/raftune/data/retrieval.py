@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from raftune import RaftuneError
-from raftune.data.corpus import corpus_chunks
+from raftune.data.corpus import corpus_chunks, document_key
 from raftune.data.embedders import dense_encoders
 from raftune.data.testset import load_testset
 from raftune.manifest import write_json, write_text
@@ -151,21 +151,37 @@ def contexts(config, items):
         raise RaftuneError(f"evaluate.context must be retrieved or given, got '{cfg.context}'")
     retriever = build_retriever(config)
     chunks = retriever.chunks
+    check_citations(items, chunks, cfg.testset, config.data.corpus)
     for item in items:
         if not item.cited_texts and item.cite_document is not None:
-            item.cited_texts = [c.text for c in chunks if c.document == item.cite_document
-                                and (not item.cite_pages or c.page in item.cite_pages)]
+            item.cited_texts = [c.text for c in chunks if cites(item, c)]
     depth = max([cfg.top_k, *cfg.retrieval_ks])
     ranked = retriever.search([i.question for i in items], depth)
     report = {**retrieval_report(items, ranked, cfg.retrieval_ks), "top_k": cfg.top_k, "retriever": retriever.name}
     return [[{"id": c.id, "text": c.text} for c in row[:cfg.top_k]] for row in ranked], report
 
 
+def cites(item, chunk) -> bool:
+    """Whether a test item cites this chunk: its document (by `document_key`) and, where the test names pages, page."""
+    return (item.cite_document is not None and document_key(chunk.document) == document_key(item.cite_document)
+            and (not item.cite_pages or chunk.page in item.cite_pages))
+
+
+def check_citations(items, chunks, testset, corpus) -> None:
+    """One line when a test set cites documents and none of them is in the corpus: every hit@k and citation score
+    would be 0 or missing, for a naming mismatch rather than for retrieval."""
+    cited = list(dict.fromkeys(i.cite_document for i in items if i.cite_document is not None))
+    names = sorted({c.document for c in chunks})
+    if cited and not {document_key(d) for d in cited} & {document_key(n) for n in names}:
+        raise RaftuneError(f"{testset}: none of its {len(cited)} cited documents is in the corpus {corpus}: "
+                           f"'{cited[0]}' is not one of {', '.join(names)} (a citation matches a corpus file name, "
+                           f"with or without its extension, case ignored)")
+
+
 def cited_passage_hit(item, passages) -> bool | None:
     if item.cite_document is None:
         return None
-    return any(c.document == item.cite_document and (not item.cite_pages or c.page in item.cite_pages)
-               for c in passages)
+    return any(cites(item, c) for c in passages)
 
 
 def keywords_hit(item, passages) -> bool | None:
@@ -219,8 +235,10 @@ def run_comparison(config) -> str:
 
     cfg = config.evaluate
     items = load_testset(cfg.testset)
+    chunks = corpus_chunks(config.data)
+    check_citations(items, chunks, cfg.testset, config.data.corpus)
     models = list(dict.fromkeys([*DENSE_MODELS, cfg.retrieval_model]))  # the configured embedder too
-    rows = compare(items, corpus_chunks(config.data), (1, 3, 5), models)
+    rows = compare(items, chunks, (1, 3, 5), models)
     table = format_comparison(rows, f"{cfg.testset} against {config.data.corpus}",
                               retriever_name(cfg.retriever, cfg.retrieval_model))
     out = config.stage_dir("evaluate")

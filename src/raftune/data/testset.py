@@ -4,9 +4,9 @@ Seed shape: {"tests": [{"id", "questions": [{"id", "text", "quality": {"specific
                         "answers": [{"id", "text", "correctness", "keywords": [...], "cite": {"document", "page": [...]}}]}]}
 Every question of a test is paired with the test's first answer (its reference).
 
-RAFT rows (raftune's `runs/<run>/data/hf_eval.jsonl`, an Arrow file or `save_to_disk` folder, or any seed RAFT shape
-that `raftune data inspect` reads): each row is one question with its own documents (the "given" context) and its
-reference answer (the text after `<ANSWER>:`); rows of one question are phrasings of one test.
+RAFT rows (raftune's `runs/<run>/data/hf_eval.jsonl` or `data clean`'s clean.jsonl, any seed RAFT shape, or QAC
+triplets, in any data format of raftune.data.formats): each row is one question with its own documents (the "given"
+context) and its reference answer (the text after `<ANSWER>:`); rows of one question are phrasings of one test.
 """
 
 from __future__ import annotations
@@ -89,7 +89,10 @@ def load_seed_testset(path: Path, data) -> list[Item]:
 def load_raft_testset(path: Path) -> list[Item]:
     """One Item per RAFT row; test id = the question (raftune's question_index, else the question text)."""
 
-    _, rows, _, _ = load_rows(path)
+    shape, rows, _, _ = load_rows(path)
+    if not (shape.startswith("raft") or shape == "qac"):
+        raise RaftuneError(f"{path}: a test set holds RAFT rows or QAC triplets (or is the seed's test set JSON, "
+                           f"{SEED_SHAPE}); found {shape} rows")
     records, _ = read_records(path)
     tests: dict = {}
     phrasings: dict = {}
@@ -113,11 +116,14 @@ def load_testset(path: str | Path) -> list[Item]:
     path = Path(path)
     if not path.exists():
         raise RaftuneError(f"test set not found: {path}")
-    if path.suffix == ".json":
+    if path.suffix.lower() == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
-            raise RaftuneError(f"{path}: not valid JSON ({err})") from None
+            raise RaftuneError(f"{path}: not valid JSON ({err}); expected the seed's test set or a list of RAFT rows") \
+                from None
+        except UnicodeDecodeError as err:
+            raise RaftuneError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
         items = load_seed_testset(path, data) if isinstance(data, dict) else load_raft_testset(path)
     else:
         items = load_raft_testset(path)
