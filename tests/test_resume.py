@@ -69,8 +69,8 @@ def test_failing_and_killed_reruns_leave_the_run_and_resume_falls_back_past_brok
     assert "sft.learning_rate='fast': expected a number > 0" in capsys.readouterr().err
     assert snapshot(train_dir) == finished
 
-    # a rerun killed while it writes checkpoint-12
-    process = subprocess.Popen([sys.executable, "-m", "raftune", *raftune_train(tmp_path)], env=env,
+    # a rerun (--force: the finished run is up to date) killed while it writes checkpoint-12
+    process = subprocess.Popen([sys.executable, "-m", "raftune", *raftune_train(tmp_path, "--force")], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = tmp_path / "mini" / "train.partial" / "checkpoints"
     while not (checkpoints / "checkpoint-12").exists():
@@ -85,7 +85,9 @@ def test_failing_and_killed_reruns_leave_the_run_and_resume_falls_back_past_brok
     (checkpoints / "checkpoint-16").mkdir()
 
     capsys.readouterr()
-    assert main(raftune_train(tmp_path)) == 2  # a plain rerun would delete the checkpoints: it refuses
+    assert main(raftune_train(tmp_path)) == 0  # up to date: skipped, the checkpoints left alone
+    assert capsys.readouterr().out == f"train: up to date ({train_dir / 'manifest.json'}); --force reruns it\n"
+    assert main(raftune_train(tmp_path, "--force")) == 2  # a rerun would delete the checkpoints: it refuses
     assert "train.partial holds checkpoints of a run that did not finish; continue it with `raftune train --resume`" \
         in capsys.readouterr().err
 

@@ -144,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     fid.set_defaults(func=_fidelity)
     for name in ("demo", "train", "merge", "export", "evaluate", "plots", "serve", "chat", "fidelity"):
         _add_config_args(sub.choices[name])  # every command that reads a recipe (data build adds its own)
+    demo.add_argument("--force", action="store_true",
+                      help="run every stage, also those that are up to date (otherwise skipped, one line each)")
+    for command in (build, *(sub.choices[name] for name in ("train", "merge", "export", "evaluate", "plots"))):
+        command.add_argument("--force", action="store_true",
+                             help="run the stage even when it is up to date (the config values it reads, the files "
+                                  "they name, the earlier stages' outputs and raftune's code are those of its finished "
+                                  "run), which is otherwise skipped with one line")
     return parser
 
 
@@ -156,25 +163,37 @@ def _config(args):
 def _demo(args):
     from raftune.pipeline import checked_config, run_all
 
-    run_all(checked_config(args.config, args.overrides))
+    run_all(checked_config(args.config, args.overrides), force=args.force)
+
+
+def _skip(config, name: str, args) -> bool:
+    from raftune.manifest import skip
+
+    return skip(config, name, args.force)
 
 
 def _data_build(args):
     from raftune.data.stage import run
 
-    run(_config(args))
+    config = _config(args)
+    if not _skip(config, "data", args):
+        run(config)
 
 
 def _plots(args):
     from raftune.plots import run
 
-    run(_config(args), args.results, args.out)
+    config = _config(args)
+    if args.results or not _skip(config, "plots", args):
+        run(config, args.results, args.out)
 
 
 def _train(args):
     from raftune.train import run
 
-    run(_config(args), resume=args.resume)
+    config = _config(args)
+    if args.resume or not _skip(config, "train", args):  # --resume continues an unfinished run: it never skips
+        run(config, resume=args.resume)
 
 
 def _merge(args):
@@ -183,7 +202,8 @@ def _merge(args):
     if not args.adapter:
         config = _config(args)
         config.merge.method = args.method or config.merge.method
-        run(config)
+        if not _skip(config, "merge", args):
+            run(config)
         return
     if not args.out:
         raise RaftuneError("merge --adapter needs --out DIR")
@@ -197,7 +217,8 @@ def _export(args):
 
     config = _config(args)
     if not (args.model or args.adapter):
-        stage.run(config)
+        if not _skip(config, "export", args):
+            stage.run(config)
         return
     if not args.out:
         raise RaftuneError("export --model/--adapter needs --out FILE.gguf")
@@ -226,6 +247,8 @@ def _evaluate(args):
         if not args.out:
             raise RaftuneError("evaluate --answers needs --out DIR (where the scores go)")
         summary = stage.score_file(config, config.evaluate.testset, args.answers, args.out)
+    elif _skip(config, "evaluate", args):
+        return
     else:
         summary = stage.run(config)
     print(summary.to_string())

@@ -151,6 +151,12 @@ class EvaluateConfig:
     bootstrap_resamples: int = 2000
     history: str | None = None  # folder of past runs' results; null: <runs_dir>/history
 
+    def recorded_files(self) -> list[str]:
+        """The recorded-answers files evaluated: `recorded`, or every *.jsonl in a `recorded/` folder beside the test set."""
+        if self.recorded is not None:
+            return [str(p) for p in self.recorded]
+        return sorted(str(p) for p in (Path(self.testset).parent / "recorded").glob("*.jsonl"))
+
 
 @dataclass
 class RunConfig:

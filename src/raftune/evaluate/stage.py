@@ -61,10 +61,7 @@ def model_specs(config: RunConfig) -> list[dict]:
     cfg = config.evaluate
     specs = models_of_run(config) if cfg.run_models else []
     specs += [check_spec(dict(s), f"evaluate.models[{i}]") for i, s in enumerate(cfg.models)]
-    recorded = cfg.recorded
-    if recorded is None:  # answers recorded for this test set lie beside it
-        recorded = sorted(str(p) for p in (Path(cfg.testset).parent / "recorded").glob("*.jsonl"))
-    specs += [{"kind": "recorded", "path": str(p)} for p in recorded]
+    specs += [{"kind": "recorded", "path": p} for p in cfg.recorded_files()]
     if not specs:
         raise RaftuneError("evaluate: no models (evaluate.run_models is false and evaluate.models is empty)")
     return specs

@@ -152,6 +152,7 @@ def run(config: RunConfig):
     write_text(stage.dir / "fidelity.md", fidelity.markdown_table(reports))
     fidelity.plot(reports, stage.dir / "fidelity.png")
     stage.outputs = {"files": files, "fidelity": {r["gguf_type"]: fidelity.summary(r) for r in reports}}
+    stage.extra["failed"] = failures  # a failed export is never up to date: a rerun fails again and says why
     stage.finish()
     if failures:
         raise RaftuneError(f"fidelity gate failed ({' | '.join(failures)}); see {stage.dir / 'fidelity.md'}")
