@@ -33,3 +33,14 @@ def test_missing_file_is_one_line_and_non_zero(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"raftune: error: config file not found: {tmp_path / 'missing.yaml'}"
     assert main(["data", "build", f"data.corpus={tmp_path / 'nowhere'}"]) == 2
     assert "corpus folder not found" in capsys.readouterr().err
+
+
+def test_bitsandbytes_kernels_notice_is_not_printed():
+    """bitsandbytes 0.50 logs a missing `kernels` package when imported on CPUs with AVX512-BF16; raftune drops that
+    message (here it is also logged by hand, so that any CPU shows it) and no other of the same logger."""
+    code = ("import logging, raftune.train; log = logging.getLogger('bitsandbytes.backends.cpu.ops'); "
+            "log.warning(\"Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'.\"); "
+            "log.warning('another bitsandbytes warning')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert "gemm_4bit_forward" not in result.stderr and "another bitsandbytes warning" in result.stderr
