@@ -7,6 +7,7 @@ import sys
 
 from raftune import RaftuneError
 from raftune.config import MERGE_METHODS, MergeConfig
+from raftune.manifest import strip_credentials
 
 DEFAULT_CONFIG = "configs/demo-gemma.yaml"  # Gemma 3 270M; configs/demo-tiny.yaml: the tiny model of the tests
 
@@ -275,7 +276,7 @@ def _assistant(args):
         try:
             result = assistant.answer(line.rstrip("\n"))
         except QuestionError as err:
-            print(f"raftune: {err}", flush=True)
+            print(f"raftune: {strip_credentials(str(err))}", flush=True)
             continue
         print(result["answer"])
         print(f"=> {result['final_answer']}")
@@ -319,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except RaftuneError as err:
-        print(f"raftune: error: {err}", file=sys.stderr)
+    except RaftuneError as err:  # values of a recipe may be URLs with user:password@ in them
+        print(f"raftune: error: {strip_credentials(str(err))}", file=sys.stderr)
         return 2
     return 0

@@ -331,7 +331,7 @@ def _describe(hint) -> str:
 
 
 def _fail(origins: dict, source: str, key: str, value, expected: str):
-    shown = repr(value)
+    shown = repr(strip_credentials(value))  # before it is shortened, which could cut a URL's `@`
     shown = shown if len(shown) <= 80 else shown[:77] + "..."
     raise RaftuneError(f"{origins.get(key, source)}: {key}={shown}: expected {expected}")
 
