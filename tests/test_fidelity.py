@@ -163,6 +163,27 @@ def test_export_errors_are_one_line(setup, tmp_path, capsys):
         assert not list(tmp_path.glob("x*"))  # nothing that looks finished
 
 
+def test_commands_given_every_input_run_outside_the_repository(setup, tmp_path, monkeypatch, capsys):
+    """fidelity --prompts and export --model --prompts read no recipe: they run in a folder without configs/."""
+    _, hf, f16, prompts = setup
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"question": q, "documents": d}) + "\n"
+                                                    for q, d in prompts[:2]))
+    assert cli.main(["fidelity", "--hf", str(hf), "--gguf", str(f16), "--prompts", "prompts.jsonl",
+                     "--json", "report.json", "export.greedy_tokens=4"]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["passed"] and report["prompts"] == 2 and report["greedy_tokens"] == 4
+    assert cli.main(["export", "--model", str(hf), "--out", "m.gguf", "--prompts", "prompts.jsonl"]) == 0
+    report = json.loads((tmp_path / "m.fidelity.json").read_text())
+    assert report["passed"] and report["prompts"] == 2 and report["greedy_tokens"] == 64  # raftune's default
+    capsys.readouterr()
+    # without --prompts the test set of a recipe is needed: the line says which recipe is missing and what to pass
+    assert cli.main(["fidelity", "--hf", str(hf), "--gguf", str(f16), "--json", "x.json"]) == 2
+    assert capsys.readouterr().err == (f"raftune: error: no --config given, and the default recipe "
+                                       f"configs/demo-gemma.yaml is not in {tmp_path}: run in the repository or pass "
+                                       "--config RECIPE (or --prompts)\n")
+
+
 def test_fidelity_cli_reports_eos_after_references(setup, tmp_path):
     config, hf, f16, _ = setup
     out = tmp_path / "report.json"
