@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from raftune import RaftuneError
 from raftune.config import MERGE_METHODS, MergeConfig
+from raftune.manifest import strip_credentials
 
 DEFAULT_CONFIG = "configs/demo-gemma.yaml"  # Gemma 3 270M; configs/demo-tiny.yaml: the tiny model of the tests
+# Commands whose options can name every input they read (any one group here): so given, and without --config, they
+# run on raftune's defaults, in any folder. The others read a recipe, by default DEFAULT_CONFIG (the repository's).
+SELF_CONTAINED = {"export": [("adapter",), ("model", "prompts")], "fidelity": [("prompts",)], "plots": [("results",)]}
 
 STAGES = {
     "train": "QLoRA finetuning: train.approach docs|qac (transformers Trainer) or raft (trl SFTTrainer) "
@@ -23,8 +28,9 @@ STAGES = {
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=DEFAULT_CONFIG,
-                        help=f"YAML recipe (default: {DEFAULT_CONFIG}); each file starts with the command that runs it")
+    parser.add_argument("--config",
+                        help=f"YAML recipe (default: {DEFAULT_CONFIG}, unless the command's options name all it reads); "
+                             "each file starts with the command that runs it")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="override a recipe value by its dotted path, e.g. sft.max_steps=10 run=quick")
 
@@ -97,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "(llama.cpp quantisation) (default f16)")
     stage.add_argument("--adapter", help="write this PEFT adapter as a GGUF LoRA (with --base-model)")
     stage.add_argument("--base-model", help="with --adapter: the base model folder the adapter belongs to")
+    stage.add_argument("--prompts", help='with --model: JSONL of {"question", "documents"} for the fidelity report '
+                                         "(default: the recipe's test set with retrieved context)")
     stage.set_defaults(func=_export)
     stage = sub.add_parser("evaluate", help=STAGES["evaluate"], description=STAGES["evaluate"])
     stage.add_argument("--testset", help="test set: the seed's evaluation JSON or RAFT rows (default: "
@@ -154,16 +162,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _recipe(args) -> str | None:
+    """The recipe a command reads: --config; none (raftune's defaults) when its options name every input it reads
+    (SELF_CONTAINED); else the default recipe, which is relative to the current folder."""
+    if args.config:
+        return args.config
+    if any(all(getattr(args, option) for option in group) for group in SELF_CONTAINED.get(args.command, ())):
+        return None
+    if not Path(DEFAULT_CONFIG).is_file():
+        given = " or ".join(" + ".join(f"--{o.replace('_', '-')}" for o in g) for g in SELF_CONTAINED.get(args.command, ()))
+        raise RaftuneError(f"no --config given, and the default recipe {DEFAULT_CONFIG} is not in {Path.cwd()}: run in "
+                           f"the repository or pass --config RECIPE" + (f" (or {given})" if given else ""))
+    return DEFAULT_CONFIG
+
+
 def _config(args):
     from raftune.config import load_config
 
-    return load_config(args.config, args.overrides)
+    return load_config(_recipe(args), args.overrides)
 
 
 def _demo(args):
     from raftune.pipeline import checked_config, run_all
 
-    run_all(checked_config(args.config, args.overrides), force=args.force)
+    run_all(checked_config(_recipe(args), args.overrides), force=args.force)
 
 
 def _skip(config, name: str, args) -> bool:
@@ -228,7 +250,7 @@ def _export(args):
         facts = stage.export_lora(args.adapter, args.base_model, args.out)
         print(f"export: wrote GGUF LoRA {facts['path']} ({facts['bytes'] / 1e6:.1f} MB)")
         return
-    stage.run_one(args.model, args.out, args.type.lower(), lambda: _fidelity_prompts(config, args.model, None),
+    stage.run_one(args.model, args.out, args.type.lower(), lambda: _fidelity_prompts(config, args.model, args.prompts),
                   config.export.limits(), config.export.greedy_tokens)
 
 
@@ -299,7 +321,7 @@ def _assistant(args):
         try:
             result = assistant.answer(line.rstrip("\n"))
         except QuestionError as err:
-            print(f"raftune: {err}", flush=True)
+            print(f"raftune: {strip_credentials(str(err))}", flush=True)
             continue
         print(result["answer"])
         print(f"=> {result['final_answer']}")
@@ -343,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except RaftuneError as err:
-        print(f"raftune: error: {err}", file=sys.stderr)
+    except RaftuneError as err:  # values of a recipe may be URLs with user:password@ in them
+        print(f"raftune: error: {strip_credentials(str(err))}", file=sys.stderr)
         return 2
     return 0

@@ -341,7 +341,7 @@ def _describe(hint) -> str:
 
 
 def _fail(origins: dict, source: str, key: str, value, expected: str):
-    shown = repr(value)
+    shown = repr(strip_credentials(value))  # before it is shortened, which could cut a URL's `@`
     shown = shown if len(shown) <= 80 else shown[:77] + "..."
     raise RaftuneError(f"{origins.get(key, source)}: {key}={shown}: expected {expected}")
 
@@ -523,14 +523,17 @@ def _read_yaml(path: Path, seen: tuple = ()) -> tuple[dict, dict]:
     return _merge(merged, raw), {**origins, **_origins(raw, path)}
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise RaftuneError(f"config file not found: {path}")
-    raw, origins = _read_yaml(path)
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """The recipe at `path` with the `overrides` (key=value) applied; `path` None: raftune's defaults with them."""
+    raw, origins, source = {}, {}, "raftune's defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise RaftuneError(f"config file not found: {path}")
+        (raw, origins), source = _read_yaml(path), str(path)
     for override in overrides:
-        apply_override(raw, override, str(path), origins)
-    return config_from_dict(raw, str(path), origins)
+        apply_override(raw, override, source, origins)
+    return config_from_dict(raw, source, origins)
 
 
 def config_to_dict(config: RunConfig) -> dict:

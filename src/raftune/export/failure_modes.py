@@ -163,7 +163,8 @@ def run_all(config) -> dict:
         report = fidelity.compare(hf, gguf, prompts, mode=mode, greedy_tokens=config.export.greedy_tokens,
                                   references=held_out) | {"base_eos_probability": base_eos}
         results[name] = {"tokens equal": report["tokenization_match"], "BOS as HF": report["bos_as_hf"],
-                         "[INST] parsed": report["control_tokens_parsed"], "top-1": report["top1_agreement"],
+                         "[INST] parsed": report["control_tokens_parsed"], "q/k error": report.get("qk_error"),
+                         "top-1": report["top1_agreement"],
                          "NMSE": report["nmse"], "KL mean": report["kl_mean"], "greedy": report["greedy_agreement"],
                          "EOS agrees": report["eos_agreement"], "P(EOS) after answers": report["eos_probability"],
                          "caught": "; ".join(fidelity.gate(report)) or "passes"}

@@ -15,6 +15,12 @@ retrieved context, rendered with the training chat template):
   (the last prompt position) is compared;
 - greedy continuation over `greedy_tokens` tokens: the share that agrees before the first divergence, and
   whether EOS comes where the HF model puts it;
+- the layout of the attention's q/k weights (`qk_layout`), read from the file: for llama and mistral, llama.cpp's
+  rope rotates adjacent pairs of a head's dimensions where Hugging Face's rotates its two halves, so the converter
+  reorders the rows of attn_q/attn_k, and a GGUF without that reordering computes another attention. Its logits
+  need not show it: where attention is still nearly uniform (the tests' tiny model), scrambled queries and keys
+  change little, and top-1 agreement lands just below the gate's 99 % on one CPU and above it on another. The
+  weights tell it apart on any CPU: each GGUF tensor is compared with the HF one in the expected row order;
 - with `references` (held-out RAFT rows: question, documents, reference answer): the probability of EOS right
   after each reference answer, teacher-forced, in HF and in the GGUF. HF and GGUF agree with each other on a
   model that never learned to stop (pad token == EOS, masked out of every label), so the comparison is with the
@@ -29,6 +35,7 @@ tokenised as plain text).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +47,7 @@ from raftune.chat import encode, render_example, render_prompt, user_message
 from raftune.config import ExportConfig
 from raftune.data.formats import read_records
 from raftune.data.testset import load_testset
-from raftune.export.gguf_check import read_gguf
+from raftune.export.gguf_check import QK_TENSOR, qk_tensor, read_gguf
 from raftune.llama_runtime import gguf_logits, open_gguf
 from raftune.manifest import make_dir
 from raftune.models import load_model, load_tokenizer
@@ -54,6 +61,10 @@ DEFAULT_GATE = {"require_tokenization_match": True, **ExportConfig().limits()}
 LOSSLESS = {"f32", "f16", "bf16"}
 QUANT_TOLERANCE = {"top1_points": 0.01, "kl_ratio": 1.5}
 POSITIONS = 128  # logits compared per prompt
+# attn_q/attn_k against the HF weights in the row order llama.cpp's rope expects: the largest relative error allowed.
+# Measured (SmolLM2-135M, 60 tensors): f16 1.9e-4, q8_0 6.3e-3, q4_k_m 0.051, q2_k 0.099; a wrong row order
+# 1.35-1.42 on SmolLM2, Gemma 3 270M and the tiny model (about sqrt(2): rows unrelated to the ones they replace).
+QK_MAX_ERROR = 0.5
 
 
 def gguf_type(path) -> str:
@@ -142,6 +153,52 @@ def merges_against_adapter(adapter: Path, merged: dict[str, Path], rows) -> dict
     return table
 
 
+def llama_cpp_row_order(weights: np.ndarray, heads: int) -> np.ndarray:
+    """HF's q/k rows reordered for llama.cpp's NORM rope: per head, the rows of its two halves interleaved (what
+    convert_hf_to_gguf.py's LlamaModel.permute does)."""
+    return weights.reshape(heads, 2, weights.shape[0] // heads // 2, *weights.shape[1:]).swapaxes(1, 2).reshape(
+        weights.shape)
+
+
+def _relative_error(x: np.ndarray, reference: np.ndarray) -> float:
+    """||x - reference|| / ||reference|| (Frobenius norms), in float64."""
+    reference = reference.astype(np.float64)
+    return float(np.sqrt(np.sum((x - reference) ** 2) / np.sum(reference ** 2)))
+
+
+HF_QK = re.compile(r"(?:^|\.)layers\.(\d+)\.self_attn\.([qk])_proj\.weight")
+
+
+def qk_layout(model, gguf_path, rope_type: int) -> dict:
+    """Every attn_q/attn_k of the GGUF against the HF model's q_proj/k_proj, in the row order llama.cpp's rope
+    (`rope_type`, as llama.cpp reports it for the file) expects and in the other one: the relative error against
+    each. The layout is as expected when every tensor is within QK_MAX_ERROR of that order. No q/k tensors (a fused
+    qkv projection): `qk_layout_as_expected` is None, nothing is compared."""
+    from llama_cpp import LLAMA_ROPE_TYPE_NORM  # llama, mistral: rotates adjacent pairs of a head's dimensions
+
+    config = model.config.get_text_config()
+    heads = {"q": config.num_attention_heads, "k": config.num_key_value_heads}
+    hf = {m.groups(): tensor for name, tensor in model.state_dict().items() if (m := HF_QK.search(name))}
+    expected_err, other_err = [], []
+    for name in read_gguf(gguf_path)["qk_tensors"]:
+        layer, which = QK_TENSOR.fullmatch(name).groups()
+        if (layer, which) not in hf:
+            continue
+        weights = hf[layer, which].float().numpy()
+        reordered = llama_cpp_row_order(weights, heads[which])
+        expected, other = (reordered, weights) if rope_type == LLAMA_ROPE_TYPE_NORM else (weights, reordered)
+        gguf = qk_tensor(gguf_path, name)
+        if gguf.shape != weights.shape:
+            raise RaftuneError(f"{gguf_path}: {name} is {list(gguf.shape)}, the HF model's {which}_proj of layer {layer} "
+                               f"{list(weights.shape)}: the GGUF was not made from this model")
+        expected_err.append(_relative_error(gguf, expected))
+        other_err.append(_relative_error(gguf, other))
+    if not expected_err:
+        return {"qk_tensors": 0, "qk_layout_as_expected": None}
+    return {"qk_tensors": len(expected_err), "qk_error": max(expected_err), "qk_error_other_layout": min(other_err),
+            "qk_layout_as_expected": max(expected_err) <= QK_MAX_ERROR}
+
+
 def _greedy_hf(model, ids: list[int], n: int, eos: int) -> list[int]:
     with torch.no_grad():
         out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
@@ -201,6 +258,7 @@ def compare(hf_dir, gguf_path, prompts: list[tuple[str, list[str]]], mode: str =
             references: list[tuple[str, list[str], str]] | None = None) -> dict:
     """The fidelity report of one GGUF against its HF folder on (question, documents) prompts, and on
     (question, documents, answer) references for the EOS check."""
+    import llama_cpp
 
     tokenizer = load_tokenizer(str(hf_dir))
     model = load_model(str(hf_dir)).eval()
@@ -239,6 +297,7 @@ def compare(hf_dir, gguf_path, prompts: list[tuple[str, list[str]]], mode: str =
             "eos_gguf": cpp_gen.index(eos) if eos in cpp_gen else None,
             "greedy_hf": tokenizer.decode(hf_gen), "greedy_gguf": tokenizer.decode(cpp_gen)})
     eos_check = eos_after_references(model, tokenizer, references, llm) if references else {}
+    layout = qk_layout(model, gguf_path, llama_cpp.llama_model_rope_type(llm.model))
     llm.close()
     kl = np.asarray(kls)
     return {
@@ -251,7 +310,7 @@ def compare(hf_dir, gguf_path, prompts: list[tuple[str, list[str]]], mode: str =
         "kl_mean": float(kl.mean()), "kl_p99": float(np.percentile(kl, 99)),
         "greedy_tokens": greedy_tokens, "greedy_agreement": float(np.mean([p["greedy_agreement"] for p in per_prompt])),
         "eos_agreement": float(np.mean([p["eos_hf"] == p["eos_gguf"] for p in per_prompt])),
-        **eos_check, "per_prompt": per_prompt,
+        **layout, **eos_check, "per_prompt": per_prompt,
     }
 
 
@@ -266,6 +325,10 @@ def gate(report: dict, thresholds: dict | None = None) -> list[str]:
             problems.append("BOS count differs from HF's (a doubled BOS?)")
         if not report["control_tokens_parsed"]:
             problems.append("chat control tokens not parsed as single tokens")
+    if report.get("qk_layout_as_expected") is False:
+        problems.append(f"attn_q/attn_k rows not in the order llama.cpp's rope expects: relative error "
+                        f"{report['qk_error']:.2g} > {QK_MAX_ERROR:g} against it ({report['qk_error_other_layout']:.2g} "
+                        "against the other rotary layout; a converter that skipped or repeated the q/k permutation?)")
     if report["gguf_type"] in LOSSLESS:
         if not report["nmse"] <= limits["max_nmse"]:
             problems.append(f"{report['gguf_type']} NMSE {report['nmse']:.3g} > {limits['max_nmse']:g}")
@@ -291,8 +354,8 @@ def against_base(finetuned: dict, base: dict) -> dict:
 
 
 SUMMARY_KEYS = ["gguf_type", "mode", "prompts", "positions", "tokenization_match", "bos_as_hf", "control_tokens_parsed",
-                "top1_agreement", "nmse", "kl_mean", "kl_p99", "greedy_agreement", "eos_agreement", "eos_probability_hf",
-                "eos_probability", "base_eos_probability"]
+                "qk_layout_as_expected", "qk_error", "top1_agreement", "nmse", "kl_mean", "kl_p99", "greedy_agreement",
+                "eos_agreement", "eos_probability_hf", "eos_probability", "base_eos_probability"]
 
 
 def summary(report: dict) -> dict:
