@@ -29,7 +29,8 @@ from raftune.chat import GEMMA_CHAT_TEMPLATE
 from raftune.config import RunConfig, TinySpec
 from raftune.data.corpus import corpus_chunks, load_qac
 from raftune.manifest import PROVENANCE_FILE, sha256_file
-from raftune.tiny import cache_root, tiny_model
+from raftune.packaged import cache_root
+from raftune.tiny import tiny_model
 
 
 @dataclass(frozen=True)
