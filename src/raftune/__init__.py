@@ -17,7 +17,8 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
 # functions; raftune's own modules at the top, unless a module must stay importable without a heavy dependency.
 #   data sits below models: the tiny test model is built from the corpus, and no data step needs a model.
 LAYERS = [
-    ("core", ["raftune", "raftune.config", "raftune.chat", "raftune.answer", "raftune.manifest", "raftune.figures"]),
+    ("core", ["raftune", "raftune.config", "raftune.chat", "raftune.answer", "raftune.manifest", "raftune.figures",
+              "raftune.packaged"]),  # packaged: the cache, GGUFs assembled from part packages
     ("data", ["raftune.data"]),  # documents, chunks, RAFT rows, test sets, retrieval
     ("models", ["raftune.models", "raftune.tiny"]),
     ("train", ["raftune.train", "raftune.sft_data", "raftune.fast", "raftune.memory_budget"]),

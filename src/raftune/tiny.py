@@ -30,12 +30,9 @@ from tqdm import tqdm
 from raftune.chat import INSTRUCTION, MISTRAL_CHAT_TEMPLATE
 from raftune.config import TinySpec
 from raftune.manifest import TINY_FILE
+from raftune.packaged import cache_root
 
 BUILDER_VERSION = 1  # bump when the recipe below changes, so old caches are not reused
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("RAFTUNE_CACHE", Path.home() / ".cache" / "raftune"))
 
 
 def train_tokenizer(texts: list[str], folder: Path, vocab_size: int) -> None:
