@@ -190,14 +190,61 @@ def test_given_context_needs_a_raft_test_set(tmp_path):
         stage.score_file(config, str(TESTSET), str(answers), str(tmp_path / "out"))
 
 
-def test_the_demo_recorded_baseline_answers_every_demo_question():
-    """datasets/demo/recorded joins the demo's comparison: one answer per question, quoting its top passage."""
-    from raftune.evaluate.recorded import recorded_models
+def evaluate_mini(tmp_path, *overrides):
+    """`raftune evaluate` on the mini test set without the run's models; (config, summary, answers.jsonl rows)."""
+    config = mini_config(tmp_path / "runs", "evaluate.run_models=false", "evaluate.recorded=[]", *overrides)
+    summary = stage.run(config)
+    rows = [json.loads(line) for line in (config.stage_dir("evaluate") / "answers.jsonl").read_text().splitlines()]
+    return config, summary, rows
 
-    items = load_testset("datasets/demo/testset.json")
-    models = recorded_models({"kind": "recorded", "path": "datasets/demo/recorded/extractive-baseline.jsonl"}, items)
-    assert list(models) == ["extractive-baseline"] and len(models["extractive-baseline"]) == len(items) == 54
-    assert all("##begin_quote##" in r["answer"] and "<ANSWER>:" in r["answer"] for r in models["extractive-baseline"].values())
+
+def test_every_evaluation_computes_the_extractive_baseline_from_the_retrieved_passages(tmp_path):
+    """On by default, for a test set with no recorded answers beside it: per question, the sentence of the top
+    retrieved passage that best matches the question, quoted and repeated as the final answer."""
+    from raftune.evaluate.results import results_table
+
+    assert not (MINI / "recorded").exists()
+    config, summary, rows = evaluate_mini(tmp_path)
+    assert list(summary.index) == ["extractive-baseline"] and len(rows) == 8
+    first = next(r for r in rows if (r["test_id"], r["question_id"]) == (1, 1))
+    # "Wann endet die Anmeldefrist?": ordnung § 1 ranks first; of its two sentences the second matches
+    assert first["context_ids"][0] == "ordnung/0" and len(first["context_ids"]) == config.evaluate.top_k == 3
+    sentence = "Die Anmeldefrist endet 14 Tage vor dem Prüfungstermin."
+    assert first["answer"] == f"Im Kontext heißt es: ##begin_quote##{sentence}##end_quote##\n<ANSWER>: {sentence}"
+    assert all(r["kind"] == "extractive" and r["prompt"] is None and r["tokens_per_s"] is None for r in rows)
+    assert summary.loc["extractive-baseline", "quote_grounding"] == 1.0
+    manifest = json.loads((config.stage_dir("evaluate") / "manifest.json").read_text())
+    assert manifest["outputs"]["generated"] == 0  # no model generated anything
+    assert results_table(config.stage_dir("evaluate")).splitlines()[1].endswith("n/a (no model)")
+
+
+def test_extractive_baseline_false_leaves_the_row_out(tmp_path):
+    answers = write_answers(tmp_path / "a.jsonl", reference_answers())
+    _, summary, rows = evaluate_mini(tmp_path, f"evaluate.recorded=['{answers}']", "evaluate.extractive_baseline=false")
+    assert list(summary.index) == ["reference"] and {r["kind"] for r in rows} == {"recorded"}
+    config = mini_config(tmp_path / "runs", "evaluate.run_models=false", "evaluate.recorded=[]",
+                         "evaluate.extractive_baseline=false")
+    with pytest.raises(RaftuneError, match="evaluate: no models"):
+        stage.run(config)
+
+
+def test_a_recorded_extractive_baseline_beside_the_computed_one_is_a_clear_error(tmp_path):
+    answers = write_answers(tmp_path / "a.jsonl", reference_answers("extractive-baseline"))
+    config = mini_config(tmp_path / "runs", "evaluate.run_models=false", f"evaluate.recorded=['{answers}']")
+    with pytest.raises(RaftuneError, match=r"^evaluate: two models named 'extractive-baseline'; .* set "
+                                           r"evaluate.extractive_baseline=false\)$"):
+        stage.run(config)
+    assert not (config.stage_dir("evaluate") / "answers.jsonl").exists()
+
+
+def test_an_extractive_model_entry_needs_a_name_and_no_other_key():
+    from raftune.config import check_spec
+
+    assert check_spec({"kind": "extractive", "name": "floor"}, "m") == {"kind": "extractive", "name": "floor"}
+    with pytest.raises(RaftuneError, match=r"^m: needs a 'name'"):
+        check_spec({"kind": "extractive"}, "m")
+    with pytest.raises(RaftuneError, match=r"^m: unknown key 'path' for kind extractive \(expected kind, name\)$"):
+        check_spec({"kind": "extractive", "name": "floor", "path": "x"}, "m")
 
 
 def test_quote_metrics_are_nan_when_nothing_is_quoted(scored_reference):

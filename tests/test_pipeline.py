@@ -17,9 +17,10 @@ def test_every_stage_has_a_manifest(mini_run):
 
 def test_results_table_has_one_row_per_model(mini_run):
     config, summary = mini_run
-    assert list(summary.index) == ["base", "finetuned-hf", "finetuned-gguf-f16", "finetuned-gguf-q8_0"]
+    assert list(summary.index) == ["base", "finetuned-hf", "finetuned-gguf-f16", "finetuned-gguf-q8_0",
+                                   "extractive-baseline"]
     scores = pd.read_csv(config.stage_dir("evaluate") / "scores.csv")
-    assert len(scores) == 4 * 8  # 4 models x 4 tests x 2 phrasings
+    assert len(scores) == 5 * 8  # 5 models x 4 tests x 2 phrasings
     assert scores["keyword_score"].between(0, 1).all() and scores["rouge_l"].between(0, 1).all()
     assert (config.stage_dir("plots") / "heatmap.png").stat().st_size > 10_000
     assert (config.stage_dir("train") / "loss.png").is_file()

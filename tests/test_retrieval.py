@@ -132,15 +132,10 @@ def test_a_test_set_whose_citations_name_no_corpus_document_is_one_line(tmp_path
 SEED_PDFS = SHARED / "seed-data" / "pdfs"
 
 
-def test_seed_pdf_testset_and_its_baseline_answer_every_question():
-    from raftune.evaluate.recorded import recorded_models
-
+def test_seed_pdf_testset_has_45_questions_with_keywords_and_cited_pages():
     items = load_testset(ROOT / "datasets" / "seed-pdfs" / "testset.json")
     assert len(items) == 45 and len({i.test_id for i in items}) == 15
     assert all(len(i.keywords) >= 1 and i.cite_pages for i in items)
-    baseline = ROOT / "datasets" / "seed-pdfs" / "recorded" / "extractive-baseline.jsonl"
-    answers = recorded_models({"kind": "recorded", "path": str(baseline)}, items)["extractive-baseline"]
-    assert len(answers) == 45 and all("##begin_quote##" in a["answer"] for a in answers.values())
 
 
 @pytest.mark.skipif(not SEED_PDFS.is_dir(), reason=f"seed PDFs not found at {SEED_PDFS} (../shared is absent)")

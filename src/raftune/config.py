@@ -141,11 +141,14 @@ class EvaluateConfig:
     max_new_tokens: int = 128
     context: str = "retrieved"  # retrieved (top_k passages from the corpus) | given (a RAFT test set's documents)
     run_models: bool = True  # the run's base, finetuned-hf and GGUF models
-    # more models: {name, kind: hf|gguf|openai|recorded, ...} (see raftune/evaluate/providers.py), e.g.
+    # more models: {name, kind: hf|gguf|openai|recorded|extractive, ...} (see raftune/evaluate/providers.py), e.g.
     # {name: base-4bit-adapter, kind: hf, path: <base>, adapter: runs/x/train/adapter, load_in_4bit: true}
     models: list = field(default_factory=list)
     # recorded-answers JSONL files; null: every *.jsonl in a `recorded/` folder beside the test set
     recorded: list | None = None
+    # the no-model row `extractive-baseline`, computed for any test set: the sentence of the top retrieved passage
+    # that best matches the question, quoted and repeated as the final answer (a floor for the models)
+    extractive_baseline: bool = True
     batch_size: int = 8  # prompts per generate() call for HF models
     retrieval_ks: list = field(default_factory=lambda: [1, 3, 5, 10])  # k of the retrieval report
     bootstrap_resamples: int = 2000
@@ -366,6 +369,7 @@ SPEC_KEYS = {
     "openai": {"name", "kind", "base_url", "model", "api", "api_key_env", "tokenizer", "max_retries", "timeout",
                "concurrency", "extra_body"},
     "recorded": {"name", "kind", "path", "model"},
+    "extractive": {"name", "kind"},
 }
 
 
@@ -378,7 +382,7 @@ def check_spec(spec, where: str) -> dict:
         raise RaftuneError(f"{where}: unknown key '{sorted(unknown)[0]}' for kind {spec['kind']} "
                            f"(expected {', '.join(sorted(SPEC_KEYS[spec['kind']]))})")
     required = {"hf": ["path"], "gguf": ["path", "tokenizer"], "openai": ["base_url", "model"], "recorded": ["path"]}
-    for key in required[spec["kind"]]:
+    for key in required.get(spec["kind"], []):
         if not spec.get(key):
             raise RaftuneError(f"{where}: kind {spec['kind']} needs '{key}'")
     if spec["kind"] != "recorded" and not spec.get("name"):

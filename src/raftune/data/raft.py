@@ -27,11 +27,15 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
 
 
+def best_sentence(query: str, text: str) -> str:
+    """The sentence of `text` that best matches `query` (rapidfuzz token_set_ratio, the first of equals): what the
+    extractive answers of RAFT rows and the evaluation's extractive baseline quote."""
+    return max(split_sentences(text) or [""], key=lambda s: fuzz.token_set_ratio(query, s))
+
+
 def extractive_answer(question: str, answer: str, oracle: str) -> str:
     """Chain of thought: the best-matching oracle sentence, quoted verbatim, then the final answer."""
-    sentences = split_sentences(oracle)
-    quote = max(sentences, key=lambda s: fuzz.token_set_ratio(f"{question} {answer}", s))
-    return format_answer(quote, answer)
+    return format_answer(best_sentence(f"{question} {answer}", oracle), answer)
 
 
 def build_rows(chunks: list[Chunk], qac: list[dict], num_distractors: int, oracle_probability: float,

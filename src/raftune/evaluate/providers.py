@@ -11,12 +11,15 @@ Kinds (an `evaluate.models` entry names one; `models_of_run` builds the run's ow
           prompt (the served model's template, applied by raftune), `api: chat` sends the user message; the key is
           read from the environment variable `api_key_env` names and is never stored
   recorded  a JSONL of answers made elsewhere (see raftune.evaluate.recorded)
+  extractive  no model: the best-matching sentence of the top passage (`extractive_baseline`); with
+          `evaluate.extractive_baseline` (the default) every evaluation has this row, `extractive-baseline`
 
 All decode greedily with no repetition penalty, so an HF model and its GGUF can be compared token for token.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -24,8 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from raftune import RaftuneError
+from raftune.answer import format_answer
 from raftune.chat import encode, render_prompt, user_message
 from raftune.data.generators import api_error
+from raftune.data.raft import best_sentence
 from raftune.llama_runtime import gguf_generate, open_gguf
 from raftune.manifest import strip_credentials
 from raftune.models import load_tokenizer
@@ -125,6 +130,13 @@ class HFProvider:
 
     def close(self):
         self.model = None
+
+
+def extractive_baseline(question: str, documents: list[str]) -> Answer:
+    """Kind `extractive`, a floor for every model reading the same context: the sentence of the first (top-ranked)
+    passage that best matches the question, quoted and repeated as the final answer. No model, so no tokens/s."""
+    quote = best_sentence(question, documents[0] if documents else "")
+    return Answer(format_answer(quote, quote), 0, math.nan)
 
 
 # Greedy, no repetition penalty: the GGUF's answers in evaluate, `raftune serve` and `raftune chat`.

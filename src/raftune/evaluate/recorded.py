@@ -2,9 +2,6 @@
 
 File: JSONL, one object per answer: {"model": str, "test_id": int, "question_id": int, "answer": str}; optional
 "new_tokens", "seconds". One file may hold several models; every model must answer every question of the test set.
-
-`extractive_baseline` writes the demo's recorded model (datasets/demo/recorded/): no language model at all, the
-sentence of the top retrieved passage that best matches the question, quoted and repeated as the final answer.
 """
 
 from __future__ import annotations
@@ -13,14 +10,8 @@ import math
 from pathlib import Path
 
 from raftune import RaftuneError
-from raftune.answer import format_answer
-from raftune.config import load_config
-from raftune.data.raft import split_sentences
 from raftune.data.formats import read_records
-from raftune.data.retrieval import contexts
-from raftune.data.testset import load_testset
 from raftune.evaluate.providers import Answer
-from raftune.manifest import write_jsonl
 
 FIELDS = {"model": str, "test_id": int, "question_id": int, "answer": str}
 SHAPE = '{"model": str, "test_id": int, "question_id": int, "answer": str}'
@@ -79,37 +70,3 @@ def recorded_answer(record: dict):
     return Answer(record["answer"], int(record.get("new_tokens") or 0),
                   float(seconds) if seconds is not None else math.nan)
 
-
-def extractive_baseline(items, retrieved) -> list[dict]:
-    """A no-model baseline: the sentence of the top passage that best matches the question (rapidfuzz)."""
-    from rapidfuzz import fuzz
-
-    rows = []
-    for item, passages in zip(items, retrieved):
-        sentences = split_sentences(passages[0].text) if passages else [""]
-        best = max(sentences, key=lambda s: fuzz.token_set_ratio(item.question, s))
-        rows.append({"model": "extractive-baseline", "test_id": item.test_id, "question_id": item.question_id,
-                     "answer": format_answer(best, best)})
-    return rows
-
-
-def write_extractive_baseline(config, out: str | Path) -> int:
-    """The baseline's answers for the recipe's test set, with the evaluation's own retrieval (top_k passages)."""
-
-    items = load_testset(config.evaluate.testset)
-    context, _ = contexts(config, items)
-
-    class _Passage:  # the baseline reads only .text
-        def __init__(self, text):
-            self.text = text
-
-    rows = extractive_baseline(items, [[_Passage(c["text"]) for c in ctx] for ctx in context])
-    write_jsonl(out, rows)
-    return len(rows)
-
-
-if __name__ == "__main__":  # python -m raftune.evaluate.recorded CONFIG OUT [key=value ...]
-    import sys
-
-    count = write_extractive_baseline(load_config(sys.argv[1], sys.argv[3:]), sys.argv[2])
-    print(f"{count} extractive-baseline answers -> {sys.argv[2]}")

@@ -75,7 +75,8 @@ def results_table(out: Path) -> str:
     tokens/s; a value that does not apply says why instead of printing NaN."""
     ci = pd.read_csv(out / "ci.csv")
     ci = ci[ci.part == "full"].set_index(["model", "metric"])
-    speed = pd.read_csv(out / "summary.csv", index_col=0)["tokens_per_s"]
+    summary = pd.read_csv(out / "summary.csv", index_col=0)
+    speed, kind = summary["tokens_per_s"], summary.get("kind", pd.Series(dtype=str))
     rows = []
     for model in dict.fromkeys(ci.index.get_level_values("model")):
         row = {"model": model}
@@ -89,6 +90,7 @@ def results_table(out: Path) -> str:
             else:
                 row[column] = f"{r['mean']:.3f}"
         tokens = speed.get(model, math.nan)
-        row["tokens/s"] = "n/a (recorded)" if math.isnan(tokens) else f"{tokens:.1f}"
+        untimed = "n/a (no model)" if kind.get(model) == "extractive" else "n/a (recorded)"
+        row["tokens/s"] = untimed if math.isnan(tokens) else f"{tokens:.1f}"
         rows.append(row)
     return pd.DataFrame(rows).to_string(index=False)

@@ -29,13 +29,16 @@ from raftune.data.embedders import load_embedder
 from raftune.data.generators import ResponseCache
 from raftune.data.retrieval import contexts
 from raftune.data.testset import load_testset
-from raftune.evaluate.providers import Answer, make_provider
+from raftune.evaluate.providers import Answer, extractive_baseline, make_provider
 from raftune.evaluate.recorded import recorded_answer, recorded_models
 from raftune.evaluate.results import config_hash, new_run_id, tidy, write_results
 from raftune.evaluate.scoring import bootstrap_ci, score_rows, summarise
 from raftune.manifest import Stage, library_versions, strip_credentials, write_json, write_jsonl, write_text
 from raftune.models import resolve_base
 
+EXTRACTIVE = {"name": "extractive-baseline", "kind": "extractive"}  # the row evaluate.extractive_baseline adds
+# kinds whose answers no model generates here
+NOT_GENERATED = {"recorded", "extractive"}
 # the columns `raftune demo` prints; every metric is in summary.csv
 SHOWN = ["keyword_score", "cosine", "rouge_l", "weighted", "weighted_q", "final_weighted", "quote_grounding",
          "citation", "tokens_per_s"]
@@ -62,9 +65,24 @@ def model_specs(config: RunConfig) -> list[dict]:
     specs = models_of_run(config) if cfg.run_models else []
     specs += [check_spec(dict(s), f"evaluate.models[{i}]") for i, s in enumerate(cfg.models)]
     specs += [{"kind": "recorded", "path": p} for p in cfg.recorded_files()]
+    if cfg.extractive_baseline:
+        specs.append(dict(EXTRACTIVE))
     if not specs:
-        raise RaftuneError("evaluate: no models (evaluate.run_models is false and evaluate.models is empty)")
+        raise RaftuneError("evaluate: no models (evaluate.run_models and evaluate.extractive_baseline are false and "
+                           "evaluate.models is empty)")
     return specs
+
+
+def check_models(specs, items) -> None:
+    """Every recorded file answers the test set, and each row has a name of its own (a file's names are its models')."""
+    names = []
+    for spec in specs:
+        names += list(recorded_models(spec, items)) if spec["kind"] == "recorded" else [spec["name"]]
+    for name in names:
+        if names.count(name) > 1:
+            hint = (" (evaluate.extractive_baseline computes it: drop the other or set evaluate.extractive_baseline=false)"
+                    if name == EXTRACTIVE["name"] else "")
+            raise RaftuneError(f"evaluate: two models named '{name}'; each model needs a name of its own{hint}")
 
 
 def answer_all(config: RunConfig, specs, items, context, cache: ResponseCache) -> list[dict]:
@@ -76,6 +94,11 @@ def answer_all(config: RunConfig, specs, items, context, cache: ResponseCache) -
             for name, answers in recorded_models(spec, items).items():
                 for item, ctx in zip(items, context):
                     rows.append(_row(name, "recorded", item, ctx, None, recorded_answer(answers[item.key]), False))
+            continue
+        if spec["kind"] == "extractive":  # the same retrieved passages the models read
+            for item, ctx in zip(items, context):
+                answer = extractive_baseline(item.question, [c["text"] for c in ctx])
+                rows.append(_row(spec["name"], "extractive", item, ctx, None, answer, False))
             continue
         provider = make_provider(spec, cfg, config.quantization or None)
         prompts = [provider.render(item.question, [c["text"] for c in ctx]) for item, ctx in zip(items, context)]
@@ -116,9 +139,7 @@ def evaluate(config: RunConfig, specs: list[dict], out: Path, history: Path, cac
     """Answer, score and write everything into `out`; returns (the shown summary, the manifest outputs)."""
     cfg = config.evaluate
     items = load_testset(cfg.testset)
-    for spec in specs:  # a bad answers file fails now, not after the models have run
-        if spec["kind"] == "recorded":
-            recorded_models(spec, items)
+    check_models(specs, items)  # a bad answers file or a name used twice fails now, not after the models have run
     context, report = contexts(config, items)
     rows = answer_all(config, specs, items, context, ResponseCache(cache))
 
@@ -136,6 +157,7 @@ def evaluate(config: RunConfig, specs: list[dict], out: Path, history: Path, cac
     summary = summarise(scores, "full").join(summarise(scores, "final").add_prefix("final_"))
     speed = answers.groupby("model", sort=False)[["tokens_per_s", "seconds"]].mean()
     summary = summary.join(speed).rename(columns={"seconds": "latency_s"})
+    summary = summary.join(answers.groupby("model", sort=False)["kind"].first())  # why a speed can be missing
     ci = bootstrap_ci(scores, cfg.bootstrap_resamples)
 
     write_jsonl(out / "answers.jsonl", answers.to_dict(orient="records"))
@@ -147,7 +169,7 @@ def evaluate(config: RunConfig, specs: list[dict], out: Path, history: Path, cac
     files = write_results(tidy(scores, run_id, config.run, digest, when), out, history)
     shown = summary[SHOWN].round(4)
     outputs = {"run_id": run_id, "config_hash": digest, "answers": len(rows),
-               "generated": sum(not r["cached"] for r in rows if r["kind"] != "recorded"),
+               "generated": sum(not r["cached"] for r in rows if r["kind"] not in NOT_GENERATED),
                "models": list(summary.index), "summary": shown.to_dict(orient="index"), "retrieval": report, **files}
     print(f"evaluate: {len(items)} questions x {len(summary)} models -> {out} (run id {run_id})")
     if report is not None:
