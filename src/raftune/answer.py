@@ -27,6 +27,11 @@ def quotes(text: str, closed_only: bool = False) -> list[str]:
     return (_CLOSED if closed_only else _OPEN_OR_CLOSED).findall(text)
 
 
+def without_quotes(text: str) -> str:
+    """The answer's own words: the quoted spans and the `<ANSWER>:` marker left out."""
+    return _OPEN_OR_CLOSED.sub(" ", text).replace(ANSWER_MARKER, " ")
+
+
 def has_final_answer(text: str) -> bool:
     return ANSWER_MARKER in text
 

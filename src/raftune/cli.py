@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(build)
     build.set_defaults(func=_data_build)
     inspect = data_sub.add_parser(
-        "inspect", help="shape, row count, columns, oracle share, token lengths of a data file",
+        "inspect", help="shape, row count, columns, oracle share, languages, token lengths of a data file",
         description="Load an Arrow file, save_to_disk folder, JSON or JSONL in any seed shape and describe it.")
     inspect.add_argument("path", help="the data file or folder")
     inspect.add_argument("--json", action="store_true", help="print one JSON object instead of text")
