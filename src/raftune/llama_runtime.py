@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from raftune import RaftuneError
-from raftune.export.gguf_check import read_gguf
+from raftune.gguf_file import read_gguf
 
 
 @contextlib.contextmanager
@@ -62,6 +62,11 @@ def open_gguf(path, n_ctx: int = 4096, logits_all: bool = False, n_threads: int 
                          n_threads=n_threads or len(os.sched_getaffinity(0)), seed=0, verbose=False)
         except ValueError as err:
             raise RaftuneError(f"{path}: llama.cpp could not load it ({err})") from None
+
+
+def gguf_tokens(llm, prompt: str) -> list[int]:
+    """The rendered prompt already holds BOS and the control tokens as text: parse them, add nothing."""
+    return llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
 
 
 @contextlib.contextmanager
@@ -141,3 +146,4 @@ def gguf_generate(llm, prompts: list[list[int]], max_new_tokens: int) -> list[li
             if active:
                 decode(batch, [(s, len(prompts[s]) + len(out[s]) - 1, out[s][-1], True) for s in active])
     return out
+

