@@ -1,5 +1,5 @@
-"""Reading a GGUF's metadata with the `gguf` library: the export checks, the fidelity report and evaluation read it
-here, before llama.cpp is given the file."""
+"""Reading a GGUF's metadata with the `gguf` library: the export checks, the fidelity report, evaluation and the local
+data generator all read it here, before llama.cpp is given the file."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 from gguf import GGUFReader
 
 from raftune import RaftuneError
+from raftune.chat import GGUFChatTemplate
 
 
 class ArrayGGUFReader(GGUFReader):
@@ -59,3 +60,11 @@ def read_gguf(path: str | Path) -> dict:
             "chat_template": _field(reader, "tokenizer.chat_template")}
     return _METADATA[key]
 
+
+def gguf_chat_template(path: str | Path) -> GGUFChatTemplate:
+    """The GGUF's own chat template with its BOS and EOS texts; one line naming the file when it has none."""
+    meta = read_gguf(path)
+    if not meta["chat_template"]:
+        raise RaftuneError(f"{path}: the GGUF has no chat template (tokenizer.chat_template); an instruct model's has one")
+    token = lambda key: meta["tokens"][meta[key]] if meta[key] is not None else ""
+    return GGUFChatTemplate(meta["chat_template"], token("bos_token_id"), token("eos_token_id"))

@@ -14,6 +14,7 @@ does, so each decoding step reads the weights once for all of them.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 
 import numpy as np
@@ -147,3 +148,13 @@ def gguf_generate(llm, prompts: list[list[int]], max_new_tokens: int) -> list[li
                 decode(batch, [(s, len(prompts[s]) + len(out[s]) - 1, out[s][-1], True) for s in active])
     return out
 
+
+def json_completion(llm, prompt: str, schema: dict, max_tokens: int) -> str:
+    """The greedy continuation of a rendered prompt, held by llama.cpp's grammar to JSON that `schema` describes (cut
+    off, it is no JSON at all). No repetition penalty: an answer's quotes repeat the prompt's words."""
+    from llama_cpp import LlamaGrammar
+
+    grammar = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+    reply = llm.create_completion(gguf_tokens(llm, prompt), max_tokens=max_tokens, temperature=0.0, top_k=1,
+                                  repeat_penalty=1.0, grammar=grammar)
+    return reply["choices"][0]["text"]
