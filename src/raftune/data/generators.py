@@ -10,12 +10,12 @@
   what is missing. An endpoint that stays unreachable ends the build with one line naming it and the cache.
 - `transformers`: a local model folder or hub id with a chat template; same prompts, same cache.
 - `local`: an instruct GGUF (a file, or a packaged one such as `qwen2.5-coder-1.5b`) through llama.cpp, offline.
-  `questions_per_chunk` requests per chunk each ask for a question as students ask it, in `question_styles` by turns
-  and in the chunk's language, with the sentence of the chunk that answers it, a sentence of reasoning and the short
-  answer; llama.cpp's grammar holds the reply to that JSON and the quote to the chunk's sentences. A row whose quote
-  is not text of the chunk (after normalising whitespace and quote marks, as `raftune data clean` checks) is
-  dropped, and so are cut-off replies, non-questions, empty answers and repeated questions: each drop is counted by
-  reason in the data stage's manifest. Same cache.
+  `questions_per_chunk` requests per chunk each ask for a question about one of its sentences as students ask it, in
+  `question_styles` by turns and in the chunk's language, with the sentence of the chunk that answers it, a sentence
+  of reasoning and the short answer; llama.cpp's grammar holds the reply to that JSON and the quote to the chunk's
+  sentences. A row whose quote is not text of the chunk (after normalising whitespace and quote marks, as `raftune
+  data clean` checks) is dropped, and so are cut-off replies, non-questions, empty answers and repeated questions:
+  each drop is counted by reason in the data stage's manifest. Same cache.
 """
 
 from __future__ import annotations
@@ -129,9 +129,10 @@ class ChatGenerator:
 
 LOCAL_PROMPT = (
     "Du schreibst Übungsdaten für einen Assistenten, der Fragen zu Prüfungs- und Studienordnungen beantwortet.\n\n"
-    "Abschnitt:\n{chunk}\n\nWähle einen Satz des Abschnitts (zitat) und schreibe eine Frage, die genau dieser Satz "
-    "beantwortet, so wie Studierende sie stellen (frage): {style}. Dann ein kurzer Satz, warum der Satz die Frage "
-    "beantwortet (begruendung), und die Antwort in wenigen Wörtern (antwort). Schreibe {language}.{asked}"
+    "Abschnitt:\n{chunk}\n\nSchreibe eine Frage zu diesem Satz des Abschnitts, so wie Studierende sie stellen, "
+    "{style}:\n{sentence}\n\nAntworte mit dem Satz des Abschnitts, der die Frage beantwortet (zitat), der Frage "
+    "(frage), einem kurzen Satz, warum der Satz die Frage beantwortet (begruendung), und der Antwort in wenigen "
+    "Wörtern (antwort). Schreibe {language}."
 )
 # No example questions: the 1.5B model asked them as they were, whatever the chunk said
 STYLES = {
@@ -153,8 +154,8 @@ DROPS = {
 
 
 def reply_schema(sentences: list[str]) -> dict:
-    """The quote first, one of `sentences` (Qwen2.5-Coder 1.5B, free to write any quote, paraphrased the chunk), so
-    the model asks its question about it; then question, reasoning and answer."""
+    """The quote first, one of the chunk's `sentences` (Qwen2.5-Coder 1.5B, free to write any quote, wrote sentences
+    that are not in the chunk), then question, reasoning and answer."""
     return {"type": "object", "required": list(FIELDS),
             "properties": {"zitat": {"enum": list(sentences)}, **{name: TEXT for name in FIELDS[1:]}}}
 
@@ -163,8 +164,9 @@ class LocalGenerator:
     """Questions with their reasoning answers from `complete(request, schema) -> str` (llama.cpp on a GGUF), one
     cached request per question; `counts` keeps the rows kept and dropped by reason, `report()` them for the manifest.
 
-    A chunk's questions take the styles in turn, each quoting a sentence not quoted yet while there is one (asked for
-    three questions in one reply, the 1.5B model wrote the first three times)."""
+    A chunk's questions take the styles in turn and the chunk's sentences in turn, one sentence named per request:
+    asked for three questions in one reply, the 1.5B model wrote the first one three times, and shown the questions
+    it had asked, it asked them again."""
 
     name = "local"
 
@@ -175,13 +177,11 @@ class LocalGenerator:
         self.seen: set[str] = set()
         self.kept: list[dict] = []
 
-    def request(self, chunk, style: str, sentences: list[str], asked: list[str]) -> tuple[str, dict]:
-        """The chunk comes before the style, so llama.cpp reuses its evaluated prefix for the chunk's next question."""
+    def request(self, chunk, style: str, sentence: str) -> tuple[str, dict]:
+        """The chunk comes first, so llama.cpp reuses its evaluated prefix for the chunk's next question."""
         where = IN_LANGUAGE.get(language(chunk.text), "in der Sprache des Abschnitts")
-        asked = "".join(f"\n- {q}" for q in asked)
-        prompt = LOCAL_PROMPT.format(chunk=chunk.text, style=STYLES[style], language=where,
-                                     asked=f"\n\nSchon gestellt, frage etwas anderes:{asked}" if asked else "")
-        return prompt, reply_schema(sentences)
+        prompt = LOCAL_PROMPT.format(chunk=chunk.text, style=STYLES[style], sentence=sentence, language=where)
+        return prompt, reply_schema(split_sentences(chunk.text))
 
     def _ask(self, request: str, schema: dict) -> str:
         key = ResponseCache.key(self.model, json.dumps([request, schema], ensure_ascii=False))
@@ -193,19 +193,14 @@ class LocalGenerator:
         return cached
 
     def questions(self, chunk, n: int) -> list[dict]:
-        sentences = split_sentences(chunk.text)
-        unquoted, asked, rows = list(sentences), [], []
+        sentences, rows = split_sentences(chunk.text), []
         for i in range(n):
             style = self.styles[i % len(self.styles)]
-            item = parse_reply(self._ask(*self.request(chunk, style, unquoted or sentences, asked)))
+            item = parse_reply(self._ask(*self.request(chunk, style, sentences[i % len(sentences)])))
             reason, row = ("unparsable", None) if item is None else self.check(item, chunk.text, style)
             self.counts[reason] += 1
             if row is not None:
                 rows.append(row)
-            if item is not None:
-                asked.append(item["frage"].strip())
-                if item["zitat"] in unquoted:
-                    unquoted.remove(item["zitat"])
         self.kept += rows
         return rows
 
