@@ -10,6 +10,7 @@ from raftune import RaftuneError
 from raftune.cli import main
 from raftune.data.clean import clean, quote_status
 from raftune.data.formats import load_rows, parse_context_repr
+from raftune.data.language import language
 
 from conftest import SHARED, mini_config
 
@@ -238,6 +239,52 @@ def test_clean_output_is_cleaned_again_unchanged_trains_and_is_a_test_set(writte
     kept = [json.loads(line) for line in path.read_text().splitlines()]
     assert [(i.question, i.documents, i.reference) for i in items] == \
         [(r["question"], r["documents"], r["final_answer"]) for r in kept]
+
+
+LANGUAGE_ROWS = [  # (question, reasoning answer): three German questions, two English; the answers the other way round
+    ("Wie lange dauert die Frist für die Anmeldung zur Prüfung?",
+     "Im Kontext steht: ##begin_quote##Die Frist beträgt 14 Tage.##end_quote## Die Anmeldung ist also zwei Wochen lang "
+     "möglich.\n<ANSWER>: Die Frist beträgt vierzehn Tage."),
+    ("Wer entscheidet über die Anerkennung von Leistungen?",
+     "##begin_quote##Über die Anerkennung entscheidet der Prüfungsausschuss.##end_quote## The context says that the "
+     "examination board decides on this.\n<ANSWER>: The examination board decides."),
+    ("Wie oft darf ich eine Prüfung wiederholen?",  # no <ANSWER>: rejected by clean
+     "Eine nicht bestandene Prüfung darf zweimal wiederholt werden, sagt die Ordnung ##begin_quote##the oracle##end_quote##"),
+    ("How many credits does the bachelor thesis carry?",
+     "According to the document, ##begin_quote##Die Bachelorarbeit umfasst 12 Leistungspunkte.##end_quote## so the "
+     "thesis is worth twelve credits.\n<ANSWER>: The thesis is worth twelve credits."),
+    ("When does the registration period for the summer semester end?",
+     "The regulation states ##begin_quote##Die Rückmeldefrist endet am 10. Februar.##end_quote## which is the last day "
+     "to register.\n<ANSWER>: It ends on the tenth of February."),
+]
+
+
+def language_rows(tmp_path):
+    docs = [DOCS[0], "Die Frist beträgt 14 Tage. Über die Anerkennung entscheidet der Prüfungsausschuss. Die "
+            "Bachelorarbeit umfasst 12 Leistungspunkte. Die Rückmeldefrist endet am 10. Februar. the oracle"]
+    path = tmp_path / "languages.jsonl"
+    path.write_text("\n".join(json.dumps(raft_record({"sentences": [docs]}, question=q, cot=a, oracle_context=docs[1]))
+                               for q, a in LANGUAGE_ROWS))
+    return path
+
+
+def test_inspect_and_clean_report_the_share_of_rows_per_language(tmp_path, capsys):
+    path = language_rows(tmp_path)
+    assert main(["data", "inspect", "--json", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["languages"] == {"question": {"de": 3, "en": 2},
+                                                                "answer": {"en": 3, "de": 2}}
+    assert main(["data", "inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "question language: de 60.0% (3), en 40.0% (2)\nanswer language: en 60.0% (3), de 40.0% (2)" in out
+    report = clean(path, tmp_path / "out")
+    assert report["kept"] == 4 and report["rejected"]["no_answer_marker"] == 1
+    assert report["languages"] == {"question": {"de": 2, "en": 2}, "answer": {"en": 3, "de": 1}}
+    assert ("question de 50.0% (2), en 50.0% (2); answer en 75.0% (3), de 25.0% (1)."
+            in (tmp_path / "out" / "report.md").read_text())
+
+
+def test_a_text_without_letters_is_in_no_language():
+    assert [language(t) for t in ("", "  § 3 (2) 14.", "Die Prüfung dauert zwei Stunden.")] == ["none", "none", "de"]
 
 
 @needs_seed

@@ -17,13 +17,15 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
 # functions; raftune's own modules at the top, unless a module must stay importable without a heavy dependency.
 #   data sits below models: the tiny test model is built from the corpus, and no data step needs a model.
 LAYERS = [
+    # packaged: the cache, GGUFs assembled from part packages; gguf_file, llama_runtime: GGUFs read and run by
+    # llama.cpp, for the local data generator, export, evaluation and the assistant
     ("core", ["raftune", "raftune.config", "raftune.chat", "raftune.answer", "raftune.manifest", "raftune.figures",
-              "raftune.packaged"]),  # packaged: the cache, GGUFs assembled from part packages
+              "raftune.packaged", "raftune.gguf_file", "raftune.llama_runtime"]),
     ("data", ["raftune.data"]),  # documents, chunks, RAFT rows, test sets, retrieval
     ("models", ["raftune.models", "raftune.tiny"]),
     ("train", ["raftune.train", "raftune.sft_data", "raftune.fast", "raftune.memory_budget"]),
     ("merge", ["raftune.merge"]),
-    ("export", ["raftune.export", "raftune.llama_runtime"]),  # GGUF files, llama.cpp, the fidelity report
+    ("export", ["raftune.export"]),  # GGUF files, the fidelity report
     ("evaluate", ["raftune.evaluate"]),
     ("serve", ["raftune.serve", "raftune.plots"]),
     ("cli", ["raftune.cli", "raftune.pipeline", "raftune.__main__"]),

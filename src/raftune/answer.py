@@ -21,10 +21,20 @@ def format_answer(quote: str, answer: str) -> str:
     return f"Im Kontext heißt es: {quoted(quote)}\n{ANSWER_MARKER} {answer}"
 
 
+def reasoned_answer(quote: str, reasoning: str, answer: str) -> str:
+    """A generator's reasoning answer: the verbatim quote, its own sentence of reasoning, then the final answer."""
+    return f"{quoted(quote)}\n{reasoning}\n{ANSWER_MARKER} {answer}"
+
+
 def quotes(text: str, closed_only: bool = False) -> list[str]:
     """The quoted spans. A generated answer cut off by the token limit may leave its last quote open; it counts
     unless `closed_only` (training data must close every quote)."""
     return (_CLOSED if closed_only else _OPEN_OR_CLOSED).findall(text)
+
+
+def without_quotes(text: str) -> str:
+    """The answer's own words: the quoted spans and the `<ANSWER>:` marker left out."""
+    return _OPEN_OR_CLOSED.sub(" ", text).replace(ANSWER_MARKER, " ")
 
 
 def has_final_answer(text: str) -> bool:

@@ -62,6 +62,28 @@ def render_example(tokenizer, question: str, documents: list[str], answer: str) 
     return prompt, full[len(prompt):]
 
 
+def render_request(tokenizer, content: str) -> str:
+    """A data generator's request: one user turn, rendered as `render_prompt` renders a question, BOS included."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+
+
+class GGUFChatTemplate:
+    """The chat template a GGUF carries (`tokenizer.chat_template`), with its BOS and EOS texts, for a GGUF that comes
+    without an HF folder: `apply_chat_template` renders it to text (llama.cpp tokenizes) with transformers' own Jinja
+    renderer, as a tokenizer's."""
+
+    def __init__(self, template: str, bos_token: str, eos_token: str):
+        self.chat_template, self.bos_token, self.eos_token = template, bos_token, eos_token
+
+    def apply_chat_template(self, conversation: list[dict], tokenize: bool = False, add_generation_prompt: bool = False):
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        rendered, _ = render_jinja_template([conversation], chat_template=self.chat_template,
+                                            add_generation_prompt=add_generation_prompt, bos_token=self.bos_token,
+                                            eos_token=self.eos_token)
+        return rendered[0]
+
+
 def encode(tokenizer, text: str) -> list[int]:
     """Token ids of rendered text. The template already wrote BOS, so the tokenizer must not add another."""
     return tokenizer(text, add_special_tokens=False)["input_ids"]

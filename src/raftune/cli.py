@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(build)
     build.set_defaults(func=_data_build)
     inspect = data_sub.add_parser(
-        "inspect", help="shape, row count, columns, oracle share, token lengths of a data file",
+        "inspect", help="shape, row count, columns, oracle share, languages, token lengths of a data file",
         description="Load a data file (JSON, JSONL, Arrow file, Parquet or save_to_disk folder) in any seed shape or "
                     "any shape raftune writes, and describe it.")
     inspect.add_argument("path", help="the data file or folder")

@@ -60,15 +60,22 @@ class DataConfig:
     eval_fraction: float = 0.2  # held-out share of questions, for eval loss
     seed: int = 0
     formats: list[str] = field(default_factory=lambda: ["hf", "completion", "chat"])  # JSONL files written
-    # questions and reasoning answers: extractive (offline, deterministic), openai (any OpenAI-compatible API) or
-    # transformers (a local model); questions come from `qac` when it is set, else from the generator
+    # questions and reasoning answers: extractive (offline, deterministic), openai (any OpenAI-compatible API),
+    # transformers (a local model) or local (an instruct GGUF through llama.cpp: questions_per_chunk questions, quotes
+    # and answers per chunk, in the chunk's language); questions come from `qac` when it is set, else from the generator
     generator: str = "extractive"
+    # the generator's model; for local a GGUF file or a packaged one (qwen2.5-coder-1.5b, qwen2.5-coder-0.5b)
     generator_model: str | None = None
     generator_base_url: str | None = None  # e.g. http://127.0.0.1:8000/v1 for a local server
     generator_api_key_env: str = "OPENAI_API_KEY"  # the NAME of the variable; the key itself is never stored
     generator_max_retries: int = 5  # retries with exponential backoff (the openai client's)
     generator_max_tokens: int = 512
     questions_per_chunk: int = 1
+    # local: llama.cpp's threads (null: every core). Its threads wait for each other by spinning: on a machine whose
+    # cores are busy with other work, 1 thread generated 10x faster than 2 on 2 cores (README)
+    generator_threads: int | None = None
+    # local: the questions of a chunk take these styles in turn (formal: Sie, a full sentence; colloquial: du, short)
+    question_styles: list[str] = field(default_factory=lambda: ["formal", "colloquial"])
 
 
 APPROACHES = ("docs", "qac", "raft")  # raftune.train.TRAINERS builds a trainer for each
@@ -260,10 +267,12 @@ RULES = {
     "data.rows_per_question": integer(1),
     "data.eval_fraction": number(0, 1, high_open=True),
     "data.formats": one_of("hf", "completion", "chat", each=True),
-    "data.generator": one_of("extractive", "openai", "transformers"),
+    "data.generator": one_of("extractive", "openai", "transformers", "local"),
     "data.generator_max_retries": integer(0),
     "data.generator_max_tokens": integer(1),
     "data.questions_per_chunk": integer(1),
+    "data.question_styles": one_of("formal", "colloquial", each=True),
+    "data.generator_threads": integer(1),
     "data.clean": one_of("repair", "strict", "off"),
     "data.distractors": one_of("random", "retrieved"),
     "train.approach": one_of(*APPROACHES),

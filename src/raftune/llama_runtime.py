@@ -14,12 +14,13 @@ does, so each decoding step reads the weights once for all of them.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 
 import numpy as np
 
 from raftune import RaftuneError
-from raftune.export.gguf_check import read_gguf
+from raftune.gguf_file import read_gguf
 
 
 @contextlib.contextmanager
@@ -62,6 +63,11 @@ def open_gguf(path, n_ctx: int = 4096, logits_all: bool = False, n_threads: int 
                          n_threads=n_threads or len(os.sched_getaffinity(0)), seed=0, verbose=False)
         except ValueError as err:
             raise RaftuneError(f"{path}: llama.cpp could not load it ({err})") from None
+
+
+def gguf_tokens(llm, prompt: str) -> list[int]:
+    """The rendered prompt already holds BOS and the control tokens as text: parse them, add nothing."""
+    return llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
 
 
 @contextlib.contextmanager
@@ -141,3 +147,14 @@ def gguf_generate(llm, prompts: list[list[int]], max_new_tokens: int) -> list[li
             if active:
                 decode(batch, [(s, len(prompts[s]) + len(out[s]) - 1, out[s][-1], True) for s in active])
     return out
+
+
+def json_completion(llm, prompt: str, schema: dict, max_tokens: int) -> str:
+    """The greedy continuation of a rendered prompt, held by llama.cpp's grammar to JSON that `schema` describes (cut
+    off, it is no JSON at all). No repetition penalty: an answer's quotes repeat the prompt's words."""
+    from llama_cpp import LlamaGrammar
+
+    grammar = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+    reply = llm.create_completion(gguf_tokens(llm, prompt), max_tokens=max_tokens, temperature=0.0, top_k=1,
+                                  repeat_penalty=1.0, grammar=grammar)
+    return reply["choices"][0]["text"]

@@ -13,6 +13,7 @@ from pathlib import Path
 from raftune import RaftuneError
 from raftune.answer import has_final_answer, quoted, quotes
 from raftune.data.formats import Row, load_rows, read_records, squash
+from raftune.data.language import format_shares, languages
 from raftune.manifest import make_dir, write_json, write_jsonl, write_text
 
 # Text a question generator writes instead of a question (the seed's "Your request seems unclear...").
@@ -130,6 +131,7 @@ def clean(path: str | Path, out: str | Path, repair: bool = False, skip_bad: boo
         "repaired_rows": flag_counts["quote_not_verbatim"] if repair else 0,
         "quotes": {"total": sum(quote_counts.values()), **{k: quote_counts.get(k, 0) for k in
                                                              ("verbatim", "normalised", "missing")}},
+        "languages": languages([r["question"] for r in kept], [r["cot_answer"] for r in kept]),
         "skipped": skipped, "examples": {name: rows[:3] for name, rows in examples.items()},
     }
     make_dir(out)
@@ -149,6 +151,8 @@ def format_report(report: dict) -> str:
     q = report["quotes"]
     lines += ["", f"Quoted spans: {q['total']}; verbatim in the context {q['verbatim']}, only after normalising "
                   f"whitespace and quote marks {q['normalised']}, not found {q['missing']}."]
+    lines += ["", "Languages of the kept rows (an answer without its quotes): "
+                  + "; ".join(f"{field} {format_shares(counts)}" for field, counts in report["languages"].items()) + "."]
     if report["repair"]:
         lines.append(f"`--repair` re-quoted the exact context span in {report['repaired_rows']} rows.")
     for name, rows in report["examples"].items():

@@ -9,6 +9,13 @@
   arrives (keyed on endpoint, model and prompt), so a crash or Ctrl-C loses nothing and a rerun asks the API only for
   what is missing. An endpoint that stays unreachable ends the build with one line naming it and the cache.
 - `transformers`: a local model folder or hub id with a chat template; same prompts, same cache.
+- `local`: an instruct GGUF (a file, or a packaged one such as `qwen2.5-coder-1.5b`) through llama.cpp, offline.
+  `questions_per_chunk` requests per chunk each ask for a question about one of its sentences as students ask it, in
+  `question_styles` by turns and in the chunk's language, with the sentence of the chunk that answers it, a sentence
+  of reasoning and the short answer; llama.cpp's grammar holds the reply to that JSON and the quote to the chunk's
+  sentences. A row whose quote is not text of the chunk (after normalising whitespace and quote marks, as `raftune
+  data clean` checks) is dropped, and so are cut-off replies, non-questions, empty answers and repeated questions:
+  each drop is counted by reason in the data stage's manifest. Same cache.
 """
 
 from __future__ import annotations
@@ -17,12 +24,20 @@ import hashlib
 import json
 import os
 import re
+
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from raftune import RaftuneError
-from raftune.answer import ANSWER_MARKER, BEGIN_QUOTE, END_QUOTE
+from raftune.answer import ANSWER_MARKER, BEGIN_QUOTE, END_QUOTE, reasoned_answer
+from raftune.chat import render_request
+from raftune.data.clean import is_question, quote_status
+from raftune.data.formats import squash
+from raftune.data.language import language, languages
 from raftune.data.raft import extractive_answer, split_sentences
 from raftune.manifest import strip_credentials
+from raftune.packaged import PACKAGED_GGUFS, packaged_gguf
 
 QUESTION_PROMPT = (
     "Lies den folgenden Abschnitt einer Prüfungs- oder Studienordnung und schreibe {n} Frage(n), die ein "
@@ -112,6 +127,152 @@ class ChatGenerator:
         return self._ask(ANSWER_PROMPT.format(oracle=oracle, question=question)).strip()
 
 
+LOCAL_PROMPT = (
+    "Du schreibst Übungsdaten für einen Assistenten, der Fragen zu Prüfungs- und Studienordnungen beantwortet.\n\n"
+    "Abschnitt:\n{chunk}\n\nSchreibe eine Frage zu diesem Satz des Abschnitts, so wie Studierende sie stellen, "
+    "{style}:\n{sentence}\n\nAntworte mit dem Satz des Abschnitts, der die Frage beantwortet (zitat), der Frage "
+    "(frage), einem kurzen Satz, warum der Satz die Frage beantwortet (begruendung), und der Antwort in wenigen "
+    "Wörtern (antwort). Schreibe {language}."
+)
+# No example questions: the 1.5B model asked them as they were, whatever the chunk said
+STYLES = {
+    "formal": "als vollständiger, höflicher Satz in der Sie-Form, wie in einer E-Mail an das Prüfungsamt",
+    "colloquial": "kurz und locker in der Du-Form, wie im Chat unter Studierenden",
+}
+IN_LANGUAGE = {"de": "auf Deutsch", "en": "auf Englisch"}  # any other: "in der Sprache des Abschnitts"
+# The model's own words: Latin script, no control characters (Qwen2.5 drifts into Chinese), and no quote mark or
+# backslash, which JSON would have to escape
+TEXT = {"type": "string", "pattern": "^[ -!#-\\[\\]-\u024f\u2013\u2014\u2018-\u201e\u20ac]+$"}
+FIELDS = ("zitat", "frage", "begruendung", "antwort")  # the order the model writes them in
+DROPS = {
+    "unparsable": "the reply is no JSON of the asked shape (cut off at data.generator_max_tokens)",
+    "not_a_question": "meta-text instead of a question, or no question mark",
+    "no_answer": "the short answer is empty",
+    "quote_not_in_chunk": "the quote is not text of the chunk, even after normalising whitespace and quote marks",
+    "duplicate": "the same question as an earlier row",
+}
+
+
+def reply_schema(sentences: list[str]) -> dict:
+    """The quote first, one of the chunk's `sentences` (Qwen2.5-Coder 1.5B, free to write any quote, wrote sentences
+    that are not in the chunk), then question, reasoning and answer."""
+    return {"type": "object", "required": list(FIELDS),
+            "properties": {"zitat": {"enum": list(sentences)}, **{name: TEXT for name in FIELDS[1:]}}}
+
+
+class LocalGenerator:
+    """Questions with their reasoning answers from `complete(request, schema) -> str` (llama.cpp on a GGUF), one
+    cached request per question; `counts` keeps the rows kept and dropped by reason, `report()` them for the manifest.
+
+    A chunk's questions take the styles in turn and the chunk's sentences in turn, one sentence named per request:
+    asked for three questions in one reply, the 1.5B model wrote the first one three times, and shown the questions
+    it had asked, it asked them again."""
+
+    name = "local"
+
+    def __init__(self, model: str, complete, cache: ResponseCache, styles: list[str]):
+        self.model, self.complete, self.cache, self.styles = model, complete, cache, styles
+        self.calls = 0
+        self.counts = Counter()
+        self.seen: set[str] = set()
+        self.kept: list[dict] = []
+
+    def request(self, chunk, style: str, sentence: str) -> tuple[str, dict]:
+        """The chunk comes first, so llama.cpp reuses its evaluated prefix for the chunk's next question."""
+        where = IN_LANGUAGE.get(language(chunk.text), "in der Sprache des Abschnitts")
+        prompt = LOCAL_PROMPT.format(chunk=chunk.text, style=STYLES[style], sentence=sentence, language=where)
+        return prompt, reply_schema(split_sentences(chunk.text))
+
+    def _ask(self, request: str, schema: dict) -> str:
+        key = ResponseCache.key(self.model, json.dumps([request, schema], ensure_ascii=False))
+        cached = self.cache.get(key)
+        if cached is None:
+            self.calls += 1
+            cached = self.complete(request, schema)
+            self.cache.put(key, cached)
+        return cached
+
+    def questions(self, chunk, n: int) -> list[dict]:
+        sentences, rows = split_sentences(chunk.text), []
+        for i in range(n):
+            style = self.styles[i % len(self.styles)]
+            item = parse_reply(self._ask(*self.request(chunk, style, sentences[i % len(sentences)])))
+            reason, row = ("unparsable", None) if item is None else self.check(item, chunk.text, style)
+            self.counts[reason] += 1
+            if row is not None:
+                rows.append(row)
+        self.kept += rows
+        return rows
+
+    def check(self, item: dict, chunk_text: str, style: str) -> tuple[str, dict | None]:
+        """("kept" or the reason it is dropped, the row). A quote found only after normalising is replaced by the
+        chunk's exact span."""
+        question, answer = item["frage"].strip(), item["antwort"].strip()
+        if not is_question(question):
+            return "not_a_question", None
+        if not answer:
+            return "no_answer", None
+        status, exact = quote_status(item["zitat"], [chunk_text])
+        if status == "missing":
+            return "quote_not_in_chunk", None
+        if squash(question).lower() in self.seen:
+            return "duplicate", None
+        self.seen.add(squash(question).lower())
+        quote = exact if exact is not None else item["zitat"].strip()
+        self.counts["quotes_repaired"] += exact is not None
+        return "kept", {"question": question, "answer": answer, "style": style,
+                        "cot_answer": reasoned_answer(quote, item["begruendung"].strip(), answer)}
+
+    def cot_answer(self, question: str, answer: str, oracle: str) -> str:
+        raise RaftuneError("data.generator=local writes questions with their answers from the corpus; set data.qac: null")
+
+    def report(self) -> dict:
+        written = sum(self.counts[k] for k in ("kept", *DROPS))
+        return {"rows_written": written, "kept": self.counts["kept"],
+                "dropped": {reason: self.counts[reason] for reason in DROPS},
+                "quotes_repaired": self.counts["quotes_repaired"],
+                "languages": languages([r["question"] for r in self.kept], [r["cot_answer"] for r in self.kept])}
+
+
+def parse_reply(text: str) -> dict | None:
+    """The reply's fields, or None when it is no JSON of that shape (a reply cut off by the token limit)."""
+    try:
+        item = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    ok = isinstance(item, dict) and all(isinstance(item.get(field), str) for field in FIELDS)
+    return item if ok else None
+
+
+def local_gguf(model: str) -> tuple[str, Callable[[], Path]]:
+    """(the cache's name for the model, a function giving its GGUF path): a packaged model is assembled on first
+    use only, so a rerun whose answers are all cached needs none of its parts."""
+    if model in PACKAGED_GGUFS:
+        return json.dumps([model, PACKAGED_GGUFS[model].sha256]), lambda: packaged_gguf(model)
+    path = Path(model)
+    if not path.is_file():
+        raise RaftuneError(f"data.generator_model={model}: not a GGUF file nor a packaged model "
+                           f"({', '.join(PACKAGED_GGUFS)})")
+    return json.dumps([str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns]), lambda: path
+
+
+def llama_complete(gguf, max_tokens: int, threads: int | None = None, n_ctx: int = 4096):
+    """`complete(request, schema)` on the GGUF that `gguf()` gives, rendered with its own chat template; the model
+    opens on the first request."""
+    from raftune.gguf_file import gguf_chat_template
+    from raftune.llama_runtime import json_completion, open_gguf
+
+    opened = {}
+
+    def complete(request: str, schema: dict) -> str:
+        if not opened:
+            path = gguf()
+            opened.update(template=gguf_chat_template(path), llm=open_gguf(path, n_ctx=n_ctx, n_threads=threads))
+        return json_completion(opened["llm"], render_request(opened["template"], request), schema, max_tokens)
+
+    return complete
+
+
 def api_error(err: Exception, who: str, url: str, retries: int) -> RaftuneError:
     """One line for a failed OpenAI-compatible request: who asked, which endpoint (without credentials), what
     happened. Used by the data generator and the evaluated `openai` models."""
@@ -181,6 +342,15 @@ def make_generator(cfg, cache_path: Path):
         model = json.dumps([cfg.generator_base_url or OPENAI_URL, cfg.generator_model])
     elif cfg.generator == "transformers":
         complete, model = transformers_complete(cfg.generator_model, cfg.generator_max_tokens), cfg.generator_model
+    elif cfg.generator == "local":
+        if cfg.qac:
+            raise RaftuneError(f"data.generator=local writes its questions from the corpus, data.qac={cfg.qac} would "
+                               f"replace them: set data.qac: null")
+        if not cfg.question_styles:
+            raise RaftuneError(f"data.question_styles is empty: expected one or more of {', '.join(STYLES)}")
+        model, gguf = local_gguf(cfg.generator_model)
+        complete = llama_complete(gguf, cfg.generator_max_tokens, cfg.generator_threads)
+        return LocalGenerator(model, complete, ResponseCache(cache_path), cfg.question_styles)
     else:
-        raise RaftuneError(f"data.generator must be extractive, openai or transformers, got '{cfg.generator}'")
+        raise RaftuneError(f"data.generator must be extractive, openai, transformers or local, got '{cfg.generator}'")
     return ChatGenerator(cfg.generator, model, complete, ResponseCache(cache_path))

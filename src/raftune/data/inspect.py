@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from raftune.data.formats import load_rows
+from raftune.data.language import format_shares, languages
 from raftune.figures import length_histogram
 
 TEXT_SHAPES = ("completion", "chat")  # training text: the documents are inside the prompt, not counted apart
@@ -33,6 +34,7 @@ def inspect(path: str | Path, tokenizer=None, plot: str | Path | None = None) ->
     if shape not in TEXT_SHAPES:
         report["documents_per_row"] = dict(sorted(Counter(len(row.documents) for row in rows).items()))
         report["oracle_present"] = round(sum(row.oracle_index is not None for row in rows) / max(len(rows), 1), 4)
+    report["languages"] = languages([row.question for row in rows], [row.cot_answer or row.final_answer for row in rows])
     if shape.startswith("raft") or shape in TEXT_SHAPES:
         report["answer_marker"] = round(sum(row.final_answer is not None for row in rows) / max(len(rows), 1), 4)
     if tokenizer is not None:
@@ -51,6 +53,7 @@ def format_report(report: dict) -> str:
         lines += [f"documents per row: {report['documents_per_row']}", f"oracle present: {report['oracle_present']:.1%}"]
     if "answer_marker" in report:
         lines.append(f"with <ANSWER>: {report['answer_marker']:.1%}")
+    lines += [f"{field} language: {format_shares(counts)}" for field, counts in report["languages"].items()]
     for name, stats in report.get("tokens", {}).items():
         lines.append(f"{name} tokens: " + ", ".join(f"{k} {v}" for k, v in stats.items()))
     return "\n".join(lines)

@@ -43,7 +43,8 @@ def build_rows(chunks: list[Chunk], qac: list[dict], num_distractors: int, oracl
                ranked: list[list[Chunk]] | None = None) -> list[dict]:
     """One or more RAFT rows per QAC triplet, in the gorilla/raft column layout plus normalised fields.
 
-    `cot(question, answer, oracle_text)` writes the reasoning answer (default: the offline extractive one).
+    `cot(question, answer, oracle_text)` writes the reasoning answer (default: the offline extractive one) where the
+    triplet brings none (`cot_answer`).
     `ranked` (every chunk per question, best first: a retriever's ranking) lays rows out as a retrieved test prompt
     is: distractors drawn from the question's (num_distractors + 1) x rows_per_question best-ranked other chunks, the
     documents in ranked order instead of shuffled."""
@@ -60,7 +61,8 @@ def build_rows(chunks: list[Chunk], qac: list[dict], num_distractors: int, oracl
         oracle = by_text.get(item["context"].strip())
         if oracle is None:
             raise RaftuneError(f"{source}: row {q}: field 'context' is not the text of any corpus paragraph")
-        answer = cot(item["question"], item["answer"], oracle.text)
+        # a generator that writes questions with their reasoning answers (local) hands them over with the question
+        answer = item.get("cot_answer") or cot(item["question"], item["answer"], oracle.text)
         others = [c for c in (chunks if ranked is None else ranked[q]) if c.id != oracle.id]
         if ranked is not None:
             others = others[:(num_distractors + 1) * rows_per_question]

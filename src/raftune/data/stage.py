@@ -13,6 +13,7 @@ from datasets.utils.logging import disable_progress_bar
 from tqdm import tqdm
 
 from datasets import Dataset, DatasetDict
+from raftune import RaftuneError
 from raftune.chat import messages
 from raftune.config import RunConfig
 from raftune.data import given
@@ -86,6 +87,9 @@ def run(config: RunConfig):
     # the answer cache outlives the stage folder, so a rerun of the same run resumes where an interrupted one stopped
     generator = make_generator(cfg, config.cache_dir() / "generator.jsonl")
     qac = load_qac(cfg.qac) if cfg.qac else generate_triplets(chunks, generator, cfg.questions_per_chunk)
+    if not qac:
+        raise RaftuneError(f"data.generator={cfg.generator}: no question kept from {len(chunks)} chunks"
+                           + (f" (dropped {generator.report()['dropped']})" if hasattr(generator, "report") else ""))
     ranked = None
     if cfg.distractors == "retrieved":
         ranked = build_retriever(config, chunks).search([item["question"] for item in qac], len(chunks))
@@ -105,7 +109,12 @@ def run(config: RunConfig):
     stage.outputs = {"chunks": len(chunks), "questions": len(qac), "train_rows": len(train),
                      "eval_rows": len(evaluation), "with_oracle": sum(r["oracle_index"] is not None for r in rows),
                      "generator_calls": generator.calls, "formats": cfg.formats, "dataset": str(stage.dir / "raft")}
+    if hasattr(generator, "report"):  # a generator that drops rows counts them (local)
+        stage.outputs["generated"] = generator.report()
     stage.finish()
-    print(f"data: {len(chunks)} chunks, {len(qac)} questions, {len(train)} train / {len(evaluation)} eval RAFT rows "
-          f"-> {stage.dir}")
+    generated = stage.outputs.get("generated")
+    dropped = (f" ({generated['kept']} of {generated['rows_written']} generated kept, dropped "
+               f"{ {k: v for k, v in generated['dropped'].items() if v} })" if generated else "")
+    print(f"data: {len(chunks)} chunks, {len(qac)} questions{dropped}, {len(train)} train / {len(evaluation)} eval RAFT "
+          f"rows -> {stage.dir}")
     return stage.dir

@@ -31,7 +31,7 @@ from raftune.answer import format_answer
 from raftune.chat import encode, render_prompt, user_message
 from raftune.data.generators import api_error
 from raftune.data.raft import best_sentence
-from raftune.llama_runtime import gguf_generate, open_gguf
+from raftune.llama_runtime import gguf_generate, gguf_tokens, open_gguf
 from raftune.manifest import strip_credentials
 from raftune.models import load_tokenizer
 
@@ -141,11 +141,6 @@ def extractive_baseline(question: str, documents: list[str]) -> Answer:
 
 # Greedy, no repetition penalty: the GGUF's answers in evaluate, `raftune serve` and `raftune chat`.
 GGUF_SAMPLING = {"temperature": 0.0, "top_k": 1, "repeat_penalty": 1.0}
-
-
-def gguf_tokens(llm, prompt: str) -> list[int]:
-    """The rendered prompt already holds BOS and the control tokens as text: parse them, add nothing."""
-    return llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
 
 
 class GGUFProvider:

@@ -47,7 +47,7 @@ from raftune.chat import encode, render_example, render_prompt, user_message
 from raftune.config import ExportConfig
 from raftune.data.formats import read_records
 from raftune.data.testset import load_testset
-from raftune.export.gguf_check import QK_TENSOR, qk_tensor, read_gguf
+from raftune.gguf_file import QK_TENSOR, qk_tensor, read_gguf
 from raftune.llama_runtime import gguf_logits, open_gguf
 from raftune.manifest import make_dir
 from raftune.models import load_model, load_tokenizer

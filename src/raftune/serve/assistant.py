@@ -18,8 +18,8 @@ from raftune import RaftuneError
 from raftune.answer import final_answer
 from raftune.chat import render_prompt
 from raftune.data.retrieval import build_retriever
-from raftune.evaluate.providers import GGUF_SAMPLING, gguf_tokens
-from raftune.llama_runtime import open_gguf
+from raftune.evaluate.providers import GGUF_SAMPLING
+from raftune.llama_runtime import gguf_tokens, open_gguf
 from raftune.models import load_tokenizer
 
 MAX_QUESTION_CHARS = 2000  # a question, not a document: the embedder reads 256 tokens of it anyway
