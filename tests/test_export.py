@@ -7,7 +7,8 @@ import torch
 from raftune import RaftuneError
 from raftune.chat import encode, render_prompt
 from raftune.data.testset import load_testset
-from raftune.export.gguf_check import check_gguf, read_gguf
+from raftune.export.gguf_check import check_gguf
+from raftune.gguf_file import read_gguf
 from raftune.llama_runtime import gguf_generate, gguf_logits, open_gguf
 from raftune.models import load_model, load_tokenizer
 
