@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx2 as httpx  # the HTTP client the pinned openai package brings
 import numpy as np
@@ -22,9 +21,7 @@ from raftune.data.testset import load_testset
 from raftune.serve.app import create_app, serving
 from raftune.serve.assistant import MAX_QUESTION_CHARS, Assistant, choose_gguf
 
-from conftest import MINI, MINI_OVERRIDES, ROOT, free_port, mini_config
-
-CHROMIUM = Path("/usr/bin/chromium")
+from conftest import MINI, MINI_OVERRIDES, ROOT, mini_config
 
 
 def test_chunk_embeddings_are_computed_once_and_cached_beside_the_run(tmp_path):
@@ -215,58 +212,37 @@ def test_chat_answers_each_line_with_sources(mini_run, served):
     assert sum("at most 2000 are accepted" in line for line in lines) == 1
 
 
+def page_driver():
+    """assets/screenshot.py: starts `raftune serve` and drives its web page for the README's picture and for these tests."""
+    sys.path.insert(0, str(ROOT / "assets"))
+    import screenshot
+
+    return screenshot
+
+
 @pytest.fixture
 def serve_process(mini_run):
     """`raftune serve` as a user starts it, on a free port."""
     config, _ = mini_run
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "raftune", "serve", *cli_args(config), "--port", str(port)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                httpx.get(f"{url}/v1/models", timeout=1)
-                break
-            except httpx.TransportError:
-                assert process.poll() is None, f"raftune serve exited: {process.stdout.read()}"
-                time.sleep(0.2)
+    with page_driver().raftune_serve(cli_args(config)) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def test_web_page_in_headless_chromium(mini_run, serve_process):
-    """Type a question, see the answer stream in, the final answer and the quoted passages with their pages.
-    RAFTUNE_SCREENSHOT=PATH saves a screenshot there (the README's assets/serve.png)."""
-    if not CHROMIUM.is_file():
-        pytest.skip(f"{CHROMIUM} is missing: Debian's chromium package did not install (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
+    """Type a question, see the answer stream in, the final answer and the quoted passages with their pages."""
+    driver = page_driver()
+    if not driver.CHROMIUM.is_file():
+        pytest.skip(f"{driver.CHROMIUM} is missing: Debian's chromium package did not install (apt-get install chromium)")
 
     config, _ = mini_run
     question = load_testset(config.evaluate.testset)[0].question
     expected = httpx.post(f"{serve_process}/v1/chat/completions", timeout=60,
                           json={"messages": [{"role": "user", "content": question}]}).json()
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        try:
-            page = browser.new_page(viewport={"width": 1000, "height": 900})
-            page.goto(serve_process)
-            page.fill("#question", question)
-            page.press("#question", "Enter")
-            page.wait_for_selector("#final", state="visible", timeout=60_000)
-            assert page.inner_text("#answer").strip() == expected["choices"][0]["message"]["content"]
-            assert page.inner_text("#final-text") == expected["final_answer"]
-            summaries = page.locator("details.source summary").all_inner_texts()
-            source = expected["sources"][0]
-            assert len(summaries) == len(expected["sources"])
-            assert summaries[0].startswith(f"[1] {source['document']}, Seite {source['page']}")
-            page.click("details.source >> nth=0")
-            assert page.locator("details.source >> nth=0").locator("blockquote").inner_text() == source["text"]
-            if os.environ.get("RAFTUNE_SCREENSHOT"):
-                page.screenshot(path=os.environ["RAFTUNE_SCREENSHOT"], full_page=True)
-        finally:
-            browser.close()
+    shown = driver.ask_page(serve_process, question)
+    assert shown["model"] == expected["model"]
+    assert shown["answer"] == expected["choices"][0]["message"]["content"]
+    assert shown["final_answer"] == expected["final_answer"]
+    source = expected["sources"][0]
+    assert len(shown["sources"]) == len(expected["sources"])
+    assert shown["sources"][0].startswith(f"[1] {source['document']}, Seite {source['page']}")
+    assert shown["first_source_text"] == source["text"]
