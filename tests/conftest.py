@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -81,6 +82,14 @@ def mini_run(tmp_path_factory, tiny_cache):
     config = mini_config(tmp_path_factory.mktemp("runs"))
     summary, timings = run_all(config)
     return config, summary
+
+
+def copy_run(mini_run, tmp_path) -> Path:
+    """A copy of the session's mini run (modification times kept), for a test that runs a stage again: the session's
+    run stays as every other test reads it."""
+    config, _ = mini_run
+    shutil.copytree(config.runs_dir, tmp_path / "runs")
+    return tmp_path / "runs"
 
 
 def assert_f16_gguf_passes_the_fidelity_gate(config, folder: Path, out: Path) -> None:

@@ -12,7 +12,7 @@ from raftune.evaluate import providers, stage
 from raftune.evaluate.providers import GGUFProvider, HFProvider
 from raftune.data.testset import load_testset
 
-from conftest import MINI, free_port, llama_server, mini_config
+from conftest import MINI, copy_run, free_port, llama_server, mini_config
 
 SECRET = "sk-eval-0123456789-never-write-me"
 
@@ -125,9 +125,11 @@ def test_base_plus_adapter_answers_like_the_merged_model(mini_run, prompts_of):
     assert four_bit.identity != unmerged_provider.identity  # cached apart
 
 
-def test_rerun_regenerates_nothing(mini_run):
-    """The mini run's evaluation again: every answer comes from the cache, the table is the same."""
-    config, summary = mini_run
+def test_rerun_regenerates_nothing(mini_run, tmp_path):
+    """The mini run's evaluation again: every answer comes from the cache, the table is the same. In a copy of the
+    run, evaluated once there (the cache keys on the models' paths, which the copy moved)."""
+    config, summary = mini_config(copy_run(mini_run, tmp_path)), mini_run[1]
+    stage.run(config)
     before = answers_of(config)
     again = stage.run(config)
     manifest = json.loads((config.stage_dir("evaluate") / "manifest.json").read_text())
