@@ -105,7 +105,7 @@ def test_bootstrap_resamples_tests_and_matches_scipy():
             for t in range(1, 11) for q in (1, 2, 3)]
     scores = pd.DataFrame(rows)
     for metric in ("keyword_score", "cosine", "edit_similarity", "rouge_1", "rouge_2", "jaccard", "weighted", "bleu",
-                   "quote_grounding", "citation", "answer_marker"):
+                   "quote_grounding", "citation", "answer_marker", "same_language"):
         scores[metric] = 0.5
     ci = bootstrap_ci(scores, resamples=500).set_index("metric")
     per_test = scores.groupby("test_id").rouge_l.mean().to_numpy()
@@ -269,3 +269,17 @@ def test_demo_table_shows_intervals_and_says_why_a_value_is_missing(tmp_path):
     assert len(lines) == 3 and "nan" not in "\n".join(lines).lower()
     assert "0.500 [0.400, 0.600]" in lines[1] and "n/a (no quotes)" in lines[1] and "40.0" in lines[1]
     assert "n/a (recorded)" in lines[2] and "1.000" in lines[2]
+
+
+def test_an_answer_that_reasons_in_another_language_than_the_reference_scores_zero_on_same_language(scored_reference):
+    """Its quotes do not count: an English reasoning around a German quote is English."""
+    from raftune.evaluate.metrics import same_language
+
+    reference = "Die Bearbeitungszeit für die Masterarbeit beträgt sechs Monate."
+    quote = "##begin_quote##Die Bearbeitungszeit der Masterarbeit beträgt sechs Monate.##end_quote##"
+    german = f"Laut der Ordnung gilt: {quote} Die Frist ist also ein halbes Jahr.\n<ANSWER>: sechs Monate"
+    english = f"The document says {quote} So the thesis has to be finished within six months.\n<ANSWER>: six months"
+    assert [same_language(a, reference) for a in (german, english, quote)] == [1.0, 0.0, 1.0]
+    out, summary = scored_reference
+    assert (pd.read_csv(out / "scores.csv")["same_language"] == 1.0).all()  # each reference is in its own language
+    assert summary.loc["reference", "same_language"] == 1.0

@@ -10,6 +10,8 @@ Each score is in [0, 1], higher is better, and comes from the field's library wh
   quote_grounding  share of ##begin_quote##...##end_quote## spans found in the context given to the model
   citation         share of those spans found in the passage the test cites (document and page)
   answer_marker    1 if the answer has the `<ANSWER>:` line the RAFT format ends with
+  same_language    1 if the answer's own words (quotes left out) are in the reference answer's language (py3langid):
+                   a German assistant that reasons in English scores 0 however well it quotes
 NaN means "does not apply" (no keywords in a RAFT test set, no quote in the answer) and is left out of means.
 """
 
@@ -23,18 +25,20 @@ import sacrebleu
 from rapidfuzz.distance import Levenshtein
 from rouge_score import rouge_scorer
 
-from raftune.answer import quotes
+from raftune.answer import quotes, without_quotes
 from raftune.data.clean import quote_status
+from raftune.data.language import NONE, language
 
 # The seed's weights (its promptfoo config); their weighted average is its headline number. Order = heatmap order.
 WEIGHTS = {"edit_similarity": 1.0, "keyword_score": 1.5, "rouge_1": 0.5, "rouge_2": 0.5, "rouge_l": 0.5,
            "cosine": 1.5, "jaccard": 0.5}
-UNWEIGHTED = ["bleu", "quote_grounding", "citation", "answer_marker"]
+UNWEIGHTED = ["bleu", "quote_grounding", "citation", "answer_marker", "same_language"]
 METRICS = [*WEIGHTS, "weighted", *UNWEIGHTED]
 LABELS = {"edit_similarity": "EditDistance", "keyword_score": "KeywordScore", "rouge_1": "ROUGE-1",
           "rouge_2": "ROUGE-2", "rouge_l": "ROUGE-L", "cosine": "cosine", "jaccard": "Jaccard",
           "weighted": "weighted avg", "bleu": "BLEU", "quote_grounding": "quote grounding",
-          "citation": "citation", "answer_marker": "<ANSWER>: line"}
+          "citation": "citation", "answer_marker": "<ANSWER>: line",
+          "same_language": "reference's language"}
 
 
 
@@ -99,6 +103,12 @@ def quote_grounding(answer: str, context: list[str]) -> float:
 def citation(answer: str, cited: list[str]) -> float:
     """Did the model quote the passage the test cites, not merely some passage of the context?"""
     return _found_share(quotes(answer), cited) if cited else math.nan
+
+
+def same_language(answer: str, reference: str) -> float:
+    """An answer that is nothing but quotes is in the quotes' language."""
+    own = language(without_quotes(answer))
+    return float((own if own != NONE else language(answer)) == language(reference))
 
 
 def text_scores(answer: str, reference: str, keywords: list[str]) -> dict[str, float]:

@@ -67,7 +67,8 @@ def read_history(history: Path, run: str | None = None) -> pd.DataFrame:
 # the table `raftune demo` ends with: (column, metric, why it can be missing)
 TABLE = [("KeywordScore [95% CI]", "keyword_score", "no keywords"), ("weighted [95% CI]", "weighted", "no scores"),
          ("cosine", "cosine", "no scores"), ("ROUGE-L", "rouge_l", "no scores"),
-         ("<ANSWER>: line", "answer_marker", "no scores"), ("quote grounding", "quote_grounding", "no quotes")]
+         ("<ANSWER>: line", "answer_marker", "no scores"), ("quote grounding", "quote_grounding", "no quotes"),
+         ("reference's language", "same_language", "no scores")]
 
 
 def results_table(out: Path) -> str:

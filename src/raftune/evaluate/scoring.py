@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from raftune.answer import final_answer, has_final_answer
-from raftune.evaluate.metrics import METRICS, citation, cosine, quote_grounding, text_scores, weighted_average
+from raftune.evaluate.metrics import (METRICS, citation, cosine, quote_grounding, same_language, text_scores,
+                                      weighted_average)
 
 PARTS = ("full", "final")
 KEYS = ["model", "test_id", "question_id", "part"]
@@ -19,7 +20,8 @@ def score_rows(rows: list[dict], embedder) -> pd.DataFrame:
     """One row per (model, test, question, part) with every metric.
 
     rows: {"model", "test_id", "question_id", "answer", "reference", "keywords", "context" (texts), "cited" (texts),
-    "weight"}. Quote grounding, citation and the <ANSWER>: line describe the whole answer, so only its part has them."""
+    "weight"}. Quote grounding, citation, the <ANSWER>: line and the language describe the whole answer, so only its
+    part has them."""
     records = []
     for part in PARTS:
         texts = [r["answer"] if part == "full" else final_answer(r["answer"]) for r in rows]
@@ -32,6 +34,7 @@ def score_rows(rows: list[dict], embedder) -> pd.DataFrame:
             scores["quote_grounding"] = quote_grounding(row["answer"], row["context"]) if whole else math.nan
             scores["citation"] = citation(row["answer"], row["cited"]) if whole else math.nan
             scores["answer_marker"] = float(has_final_answer(row["answer"])) if whole else math.nan
+            scores["same_language"] = same_language(row["answer"], row["reference"]) if whole else math.nan
             records.append({"model": row["model"], "test_id": row["test_id"], "question_id": row["question_id"],
                             "part": part, "weight": row["weight"], **{m: scores[m] for m in METRICS}})
     return pd.DataFrame.from_records(records, columns=[*KEYS, "weight", *METRICS])

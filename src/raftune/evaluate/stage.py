@@ -41,7 +41,7 @@ EXTRACTIVE = {"name": "extractive-baseline", "kind": "extractive"}  # the row ev
 NOT_GENERATED = {"recorded", "extractive"}
 # the columns `raftune demo` prints; every metric is in summary.csv
 SHOWN = ["keyword_score", "cosine", "rouge_l", "weighted", "weighted_q", "final_weighted", "quote_grounding",
-         "citation", "tokens_per_s"]
+         "citation", "same_language", "tokens_per_s"]
 
 
 def models_of_run(config: RunConfig) -> list[dict]:
