@@ -11,6 +11,7 @@ from raftune.config import RunConfig
 from raftune.data.corpus import Chunk, document_key, load_corpus
 from raftune.data.retrieval import RRF_K, Retriever, build_retriever, cites, contexts, retrieval_report
 from raftune.data.testset import load_testset
+from raftune.manifest import STAGES, _covers, config_keys
 
 from conftest import MINI, ROOT, SHARED, mini_config
 
@@ -127,6 +128,22 @@ def test_a_test_set_whose_citations_name_no_corpus_document_is_one_line(tmp_path
     config = mini_config(tmp_path / "runs", "evaluate.retriever=bm25", f"evaluate.testset={testset}")
     with pytest.raises(RaftuneError, match=r"none of its 2 cited documents is in the corpus"):  # evaluate says it too
         contexts(config, load_testset(testset))
+
+
+def test_evaluate_corpus_answers_from_other_documents_than_the_training_rows(tmp_path):
+    demo = ROOT / "datasets" / "demo" / "corpus"
+    items = load_testset(MINI / "testset.json")
+    trained_elsewhere = mini_config(tmp_path / "runs", "evaluate.retriever=bm25", f"data.corpus={demo}")
+    mini_texts = {chunk.text for chunk in load_corpus(MINI / "corpus")}
+    context, _ = contexts(trained_elsewhere, items)
+    assert not any(p["text"] in mini_texts for row in context for p in row)  # answered from the training corpus
+    config = mini_config(tmp_path / "runs", "evaluate.retriever=bm25", f"data.corpus={demo}",
+                         f"evaluate.corpus={MINI / 'corpus'}")
+    context, report = contexts(config, items)
+    assert len(context) == len(items) and all(p["text"] in mini_texts for row in context for p in row)
+    assert report["k"]["3"]["cited_passage"] > 0
+    # the documents answered from are an input of the stages that retrieve, not of those that train
+    assert [name for name in STAGES if _covers(config_keys(config, name), "evaluate.corpus")] == ["export", "evaluate"]
 
 
 SEED_PDFS = SHARED / "seed-data" / "pdfs"

