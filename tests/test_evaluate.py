@@ -279,7 +279,10 @@ def test_an_answer_that_reasons_in_another_language_than_the_reference_scores_ze
     quote = "##begin_quote##Die Bearbeitungszeit der Masterarbeit beträgt sechs Monate.##end_quote##"
     german = f"Laut der Ordnung gilt: {quote} Die Frist ist also ein halbes Jahr.\n<ANSWER>: sechs Monate"
     english = f"The document says {quote} So the thesis has to be finished within six months.\n<ANSWER>: six months"
-    assert [same_language(a, reference) for a in (german, english, quote)] == [1.0, 0.0, 1.0]
+    short = f"{quote}\n<ANSWER>: sechs Monate"  # two words of its own: judged with its quote
+    assert [same_language(a, reference) for a in (german, english, quote, short)] == [1.0, 0.0, 1.0, 1.0]
+    # a number or a date is in no language (py3langid called these Arabic and Swedish)
+    assert all(math.isnan(same_language(a, reference)) for a in ("<ANSWER>: 4,0", "<ANSWER>: 20. Januar", "70%"))
     out, summary = scored_reference
     assert (pd.read_csv(out / "scores.csv")["same_language"] == 1.0).all()  # each reference is in its own language
     assert summary.loc["reference", "same_language"] == 1.0

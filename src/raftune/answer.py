@@ -37,6 +37,13 @@ def without_quotes(text: str) -> str:
     return _OPEN_OR_CLOSED.sub(" ", text).replace(ANSWER_MARKER, " ")
 
 
+def without_markers(text: str) -> str:
+    """The answer's words, its quotes' included: the quote and `<ANSWER>:` markers left out."""
+    for marker in (BEGIN_QUOTE, END_QUOTE, ANSWER_MARKER):
+        text = text.replace(marker, " ")
+    return text
+
+
 def has_final_answer(text: str) -> bool:
     return ANSWER_MARKER in text
 

@@ -9,13 +9,15 @@ from collections import Counter
 
 from raftune.answer import without_quotes
 
-NONE = "none"  # a text without letters (empty, a number, a § reference) is in no language
-_LETTER = re.compile(r"[^\W\d_]")
+NONE = "none"  # a text of fewer than MIN_WORDS words: empty, a number, a § reference, a date
+# py3langid names some language for any letters: "20. Januar" came out Swedish, "<ANSWER>4" English, "4,0" Arabic
+MIN_WORDS = 3
+_WORD = re.compile(r"[^\W\d_]{2,}")
 
 
 def language(text: str | None) -> str:
-    """The ISO 639-1 code of the most likely language, or NONE."""
-    if not text or not _LETTER.search(text):
+    """The ISO 639-1 code of the most likely language, or NONE when the text has too few words to tell."""
+    if not text or len(_WORD.findall(text)) < MIN_WORDS:
         return NONE
     import py3langid
 

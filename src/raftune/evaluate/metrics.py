@@ -11,7 +11,7 @@ Each score is in [0, 1], higher is better, and comes from the field's library wh
   citation         share of those spans found in the passage the test cites (document and page)
   answer_marker    1 if the answer has the `<ANSWER>:` line the RAFT format ends with
   same_language    1 if the answer's own words (quotes left out) are in the reference answer's language (py3langid):
-                   a German assistant that reasons in English scores 0 however well it quotes
+                   a German assistant that reasons in English scores 0 however well it quotes; NaN for a number
 NaN means "does not apply" (no keywords in a RAFT test set, no quote in the answer) and is left out of means.
 """
 
@@ -25,7 +25,7 @@ import sacrebleu
 from rapidfuzz.distance import Levenshtein
 from rouge_score import rouge_scorer
 
-from raftune.answer import quotes, without_quotes
+from raftune.answer import quotes, without_markers, without_quotes
 from raftune.data.clean import quote_status
 from raftune.data.language import NONE, language
 
@@ -106,9 +106,11 @@ def citation(answer: str, cited: list[str]) -> float:
 
 
 def same_language(answer: str, reference: str) -> float:
-    """An answer that is nothing but quotes is in the quotes' language."""
+    """Judged by the answer's own words; where they are too few to tell (a quote and a short answer), with its quotes;
+    NaN where even those are too few (an answer that is a number or a date is in no language)."""
     own = language(without_quotes(answer))
-    return float((own if own != NONE else language(answer)) == language(reference))
+    own = own if own != NONE else language(without_markers(answer))
+    return math.nan if own == NONE else float(own == language(reference))
 
 
 def text_scores(answer: str, reference: str, keywords: list[str]) -> dict[str, float]:

@@ -68,7 +68,7 @@ def read_history(history: Path, run: str | None = None) -> pd.DataFrame:
 TABLE = [("KeywordScore [95% CI]", "keyword_score", "no keywords"), ("weighted [95% CI]", "weighted", "no scores"),
          ("cosine", "cosine", "no scores"), ("ROUGE-L", "rouge_l", "no scores"),
          ("<ANSWER>: line", "answer_marker", "no scores"), ("quote grounding", "quote_grounding", "no quotes"),
-         ("reference's language", "same_language", "no scores")]
+         ("reference's language", "same_language", "too few words")]
 
 
 def results_table(out: Path) -> str:
