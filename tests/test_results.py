@@ -3,9 +3,12 @@ for character, the table that notebook 00 printed in its committed full run, and
 `make demo`'s model answering a question of the demo's test set (assets/screenshot.py's record beside it)."""
 
 import json
+import math
+import sys
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 
 from raftune.answer import final_answer
 from raftune.cli import DEFAULT_CONFIG
@@ -40,3 +43,28 @@ def test_the_readme_screenshot_is_make_demos_model_answering_a_test_question():
     assert record["question"] in [test.question for test in load_testset(ROOT / config.evaluate.testset)]
     assert record["final_answer"] and record["final_answer"] == final_answer(record["answer"])
     assert record["sources"] and record["first_source_text"]
+
+
+def test_the_quality_ladder_adds_an_evaluations_models_with_their_ratio_to_the_extractive_baseline(mini_run, tmp_path,
+                                                                                                   capsys):
+    sys.path.insert(0, str(ROOT / "bench"))
+    import quality_ladder
+
+    config, _ = mini_run
+    evaluate, ladder = config.stage_dir("evaluate"), tmp_path / "ladder.csv"
+    args = ["--ladder", str(ladder), "--add", str(evaluate), "--testset", "mini", "--base", "tiny", "--rows", "mini QAC",
+            "--commit", "abc1234", "--command", "pytest", "--train-s", "12"]
+    quality_ladder.main(args)
+    quality_ladder.main(args)  # the same evaluation again replaces its rows
+    rows = pd.read_csv(ladder).set_index("model")
+    ci = pd.read_csv(evaluate / "ci.csv").query("part == 'full'").set_index(["model", "metric"])
+    assert sorted(rows.index) == sorted(pd.read_csv(evaluate / "summary.csv", index_col=0).index)
+    for model, row in rows.iterrows():
+        assert row.weighted == ci.loc[(model, "weighted"), "mean"]
+        assert (row.w_low, row.w_high) == (ci.loc[(model, "weighted"), "ci_low"], ci.loc[(model, "weighted"), "ci_high"])
+        assert (row.train_s == 12) == model.startswith("finetuned") and (row.rows == "mini QAC") == model.startswith("finetuned")
+        assert math.isnan(row.eval_s) == (model == "extractive-baseline")  # no model, no time
+    floor = rows.loc["extractive-baseline", "weighted"]
+    printed = capsys.readouterr().out
+    assert f"| mini | tiny | base |  | " in printed and f"{rows.loc['base', 'weighted'] / floor:.2f}x" in printed
+    assert (tmp_path / "ladder.png").is_file() and (tmp_path / "ladder.svg").is_file()
