@@ -9,15 +9,16 @@ from collections import Counter
 
 from raftune.answer import without_quotes
 
-NONE = "none"  # a text of fewer than MIN_WORDS words: empty, a number, a § reference, a date
-# py3langid names some language for any letters: "20. Januar" came out Swedish, "<ANSWER>4" English, "4,0" Arabic
+NONE = "none"  # a text of fewer than MIN_WORDS words: empty, a number, a § reference, a date, a name
+# py3langid names some language for any letters: "20. Januar" came out Swedish, "<ANSWER>4" English, "4,0" Arabic.
+# Words in capitals (abbreviations such as MSI or IT, markup such as <ANSWER>) do not count.
 MIN_WORDS = 3
 _WORD = re.compile(r"[^\W\d_]{2,}")
 
 
 def language(text: str | None) -> str:
     """The ISO 639-1 code of the most likely language, or NONE when the text has too few words to tell."""
-    if not text or len(_WORD.findall(text)) < MIN_WORDS:
+    if not text or sum(not word.isupper() for word in _WORD.findall(text)) < MIN_WORDS:
         return NONE
     import py3langid
 
