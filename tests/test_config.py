@@ -70,3 +70,15 @@ def test_a_bad_evaluate_models_entry_is_rejected_when_the_recipe_loads():
     """Not after training: an `evaluate.models` entry is checked with the rest of the recipe."""
     with pytest.raises(RaftuneError, match=r"evaluate.models\[0\]: kind hf needs 'path'"):
         load_config(ROOT / "configs" / "demo-tiny.yaml", ["evaluate.models=[{name: x, kind: hf}]"])
+
+
+def test_the_readme_recipe_for_your_own_documents_trains_on_the_demos_rows_and_answers_from_yours(tmp_path, monkeypatch):
+    from raftune.data.retrieval import answer_corpus
+
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("## Your own documents and data", 1)[1]
+    recipe = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "my-regulations.yaml").write_text(recipe.replace("configs/demo-qwen.yaml", str(ROOT / "configs" / "demo-qwen.yaml")))
+    monkeypatch.chdir(ROOT)  # the recipes' paths are relative to the repository root
+    config = load_config(tmp_path / "my-regulations.yaml")
+    assert (config.run, config.base, config.evaluate.testset) == ("my-regulations", "qwen2.5-coder-0.5b", "my-testset.json")
+    assert (config.data.qac, answer_corpus(config)) == ("datasets/demo/qac.json", "my-documents/")
