@@ -40,14 +40,14 @@ def evaluation_rows(evaluate: Path, timing: Path, models: list[str] | None) -> p
     answers = pd.read_json(timing / "answers.jsonl", lines=True)
     # each answer of a batch carries the batch's seconds
     seconds = (answers.seconds / answers.batch_size).groupby(answers.model, sort=False).sum(min_count=1)
+    get = lambda model, metric, col: ci.loc[(model, metric), col] if (model, metric) in ci.index else math.nan
     rows = []
-    for model in models or list(seconds.index):
-        get = lambda metric, col: ci.loc[(model, metric), col] if (model, metric) in ci.index else math.nan
-        rows.append({"model": model, "keyword_score": get("keyword_score", "mean"),
-                     "kw_low": get("keyword_score", "ci_low"), "kw_high": get("keyword_score", "ci_high"),
-                     "weighted": get("weighted", "mean"), "w_low": get("weighted", "ci_low"),
-                     "w_high": get("weighted", "ci_high"), "same_language": get("same_language", "mean"),
-                     "eval_s": seconds.get(model, math.nan)})
+    for m in models or list(seconds.index):
+        rows.append({"model": m, "keyword_score": get(m, "keyword_score", "mean"),
+                     "kw_low": get(m, "keyword_score", "ci_low"), "kw_high": get(m, "keyword_score", "ci_high"),
+                     "weighted": get(m, "weighted", "mean"), "w_low": get(m, "weighted", "ci_low"),
+                     "w_high": get(m, "weighted", "ci_high"), "same_language": get(m, "same_language", "mean"),
+                     "eval_s": seconds.get(m, math.nan)})
     return pd.DataFrame(rows)
 
 

@@ -77,7 +77,8 @@ def test_the_readme_recipe_for_your_own_documents_trains_on_the_demos_rows_and_a
 
     section = (ROOT / "README.md").read_text(encoding="utf-8").split("## Your own documents and data", 1)[1]
     recipe = section.split("```yaml\n", 1)[1].split("```", 1)[0]
-    (tmp_path / "my-regulations.yaml").write_text(recipe.replace("configs/demo-qwen.yaml", str(ROOT / "configs" / "demo-qwen.yaml")))
+    recipe = recipe.replace("configs/demo-qwen.yaml", str(ROOT / "configs" / "demo-qwen.yaml"))
+    (tmp_path / "my-regulations.yaml").write_text(recipe)
     monkeypatch.chdir(ROOT)  # the recipes' paths are relative to the repository root
     config = load_config(tmp_path / "my-regulations.yaml")
     assert (config.run, config.base, config.evaluate.testset) == ("my-regulations", "qwen2.5-coder-0.5b", "my-testset.json")

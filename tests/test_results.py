@@ -66,5 +66,5 @@ def test_the_quality_ladder_adds_an_evaluations_models_with_their_ratio_to_the_e
         assert math.isnan(row.eval_s) == (model == "extractive-baseline")  # no model, no time
     floor = rows.loc["extractive-baseline", "weighted"]
     printed = capsys.readouterr().out
-    assert f"| mini | tiny | base |  | " in printed and f"{rows.loc['base', 'weighted'] / floor:.2f}x" in printed
+    assert "| mini | tiny | base |  | " in printed and f"{rows.loc['base', 'weighted'] / floor:.2f}x" in printed
     assert (tmp_path / "ladder.png").is_file() and (tmp_path / "ladder.svg").is_file()
