@@ -134,11 +134,15 @@ def answer_corpus(config) -> str:
     return config.evaluate.corpus or config.data.corpus
 
 
+def answer_chunks(config):
+    """The chunks of the documents the models answer from, cut as the training data's are."""
+    return load_corpus(answer_corpus(config), config.data.chunk_tokens, config.data.chunk_overlap)
+
+
 def build_retriever(config, chunks=None) -> Retriever:
     """The retriever the recipe's `evaluate` section names, over the chunks of the documents answered from (or the
     chunks given): the one every answering path retrieves with. Dense passage embeddings are cached beside the run."""
-    if chunks is None:
-        chunks = load_corpus(answer_corpus(config), config.data.chunk_tokens, config.data.chunk_overlap)
+    chunks = answer_chunks(config) if chunks is None else chunks
     cfg = config.evaluate
     return Retriever(chunks, cfg.retriever, cfg.retrieval_model, cache=config.stage_dir("retrieval"))
 
@@ -240,7 +244,7 @@ def run_comparison(config) -> str:
 
     cfg = config.evaluate
     items = load_testset(cfg.testset)
-    chunks = load_corpus(answer_corpus(config), config.data.chunk_tokens, config.data.chunk_overlap)
+    chunks = answer_chunks(config)
     check_citations(items, chunks, cfg.testset, answer_corpus(config))
     models = list(dict.fromkeys([*DENSE_MODELS, cfg.retrieval_model]))  # the configured embedder too
     rows = compare(items, chunks, (1, 3, 5), models)
