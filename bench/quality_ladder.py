@@ -55,8 +55,9 @@ def add(args, path: Path) -> None:
     ladder = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=COLUMNS)
     new = evaluation_rows(Path(args.add), Path(args.timing or args.add), args.models)
     new["testset"], new["base"], new["commit"], new["command"] = args.testset, args.base, args.commit, args.command
-    new["rows"] = [math.nan if m in (BASELINE, "base") or m.startswith("base-") else args.rows for m in new.model]
-    new["train_s"] = [args.train_s if m.startswith("finetuned") else math.nan for m in new.model]
+    trained = new.model.str.startswith("finetuned")  # the run's own names (raftune.evaluate.stage.models_of_run)
+    new["rows"] = [args.rows if t else math.nan for t in trained]
+    new["train_s"] = [args.train_s if t else math.nan for t in trained]
     key = ["testset", "base", "model"]
     kept = ladder.merge(new[key], on=key, how="left", indicator=True)["_merge"] == "left_only"
     ladder = pd.concat([ladder[kept.values], new[COLUMNS]], ignore_index=True)
