@@ -53,11 +53,14 @@ def fake_model(monkeypatch, tmp_path):
     """llama_complete replaced by the script; records each request and schema."""
     requests = []
 
-    def fake_llama_complete(gguf, max_tokens, threads):
-        def complete(request, schema):
-            requests.append((request, schema))
-            chunk = request.split("Abschnitt:\n", 1)[1].split("\n\nSchreibe", 1)[0]
-            return scripted(chunk, len(requests) - 1)
+    def fake_llama_complete(gguf, max_tokens, threads, batch_size):
+        def complete(asked):
+            replies = []
+            for request, schema in asked:
+                requests.append((request, schema))
+                chunk = request.split("Abschnitt:\n", 1)[1].split("\n\nSchreibe", 1)[0]
+                replies.append(scripted(chunk, len(requests) - 1))
+            return replies
         return complete
 
     monkeypatch.setattr(generators, "llama_complete", fake_llama_complete)
@@ -109,7 +112,8 @@ def test_local_build_keeps_rows_quoting_their_chunk_and_counts_every_drop(fake_m
 
 def test_a_build_that_keeps_no_question_ends_with_one_line_and_writes_nothing(fake_model, tmp_path, monkeypatch):
     gguf, _ = fake_model
-    monkeypatch.setattr(generators, "llama_complete", lambda gguf, max_tokens, threads: lambda request, schema: "{")
+    monkeypatch.setattr(generators, "llama_complete",
+                        lambda gguf, max_tokens, threads, batch_size: lambda asked: ["{"] * len(asked))
     config = local_config(tmp_path, gguf)
     with pytest.raises(RaftuneError, match=r"^data.generator=local: no question kept from 6 chunks \(dropped "
                                            r"\{'unparsable': 12, 'not_a_question': 0, "):
@@ -167,3 +171,28 @@ def test_llama_cpp_answers_each_chunk_with_json_of_the_asked_shape(tiny_gguf, tm
         # (the tiny model may run its own words on to the token limit)
         quote = re.match(r'\{ ?"zitat" ?: ?("(?:[^"\\]|\\.)*")', response)
         assert quote and json.loads(quote.group(1)) in split_sentences(chunk.text)
+
+
+def test_requests_decoded_together_get_the_replies_llama_cpp_python_gives_one_at_a_time(tiny_gguf, tmp_path):
+    """raftune's batched decoding checks each sequence's greedy token against its grammar and masks the vocabulary
+    only when the grammar rejects it; llama-cpp-python masks it on every step, one request at a time. The same text."""
+    from llama_cpp import LlamaGrammar
+
+    from raftune.chat import render_request
+    from raftune.gguf_file import gguf_chat_template
+    from raftune.llama_runtime import gguf_tokens, open_gguf
+
+    config = local_config(tmp_path, tiny_gguf, "data.questions_per_chunk=1", "data.generator_max_tokens=48",
+                          "data.generator_batch_size=3")
+    generator = make_generator(config.data, tmp_path / "cache.jsonl")
+    chunks = corpus_chunks(config.data)[:3]
+    generator.prefetch(chunks, 1)
+    assert generator.calls == 3 and len(generator.cache.entries) == 3
+
+    llm, template = open_gguf(tiny_gguf), gguf_chat_template(tiny_gguf)
+    for chunk in chunks:
+        [(_, request, schema)] = generator.requests(chunk, 1)
+        grammar = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+        alone = llm.create_completion(gguf_tokens(llm, render_request(template, request)), max_tokens=48,
+                                      temperature=0.0, top_k=1, repeat_penalty=1.0, grammar=grammar)
+        assert generator.cache.get(generator.key(request, schema)) == alone["choices"][0]["text"]

@@ -170,33 +170,42 @@ class LocalGenerator:
 
     name = "local"
 
-    def __init__(self, model: str, complete, cache: ResponseCache, styles: list[str]):
-        self.model, self.complete, self.cache, self.styles = model, complete, cache, styles
+    def __init__(self, model: str, complete, cache: ResponseCache, styles: list[str], batch_size: int = 1):
+        self.model, self.complete, self.cache, self.styles, self.batch_size = model, complete, cache, styles, batch_size
         self.calls = 0
         self.counts = Counter()
         self.seen: set[str] = set()
         self.kept: list[dict] = []
 
     def request(self, chunk, style: str, sentence: str) -> tuple[str, dict]:
-        """The chunk comes first, so llama.cpp reuses its evaluated prefix for the chunk's next question."""
+        """The chunk comes first, then the sentence to ask about and the style."""
         where = IN_LANGUAGE.get(language(chunk.text), "in der Sprache des Abschnitts")
         prompt = LOCAL_PROMPT.format(chunk=chunk.text, style=STYLES[style], sentence=sentence, language=where)
         return prompt, reply_schema(split_sentences(chunk.text))
 
-    def _ask(self, request: str, schema: dict) -> str:
-        key = ResponseCache.key(self.model, json.dumps([request, schema], ensure_ascii=False))
-        cached = self.cache.get(key)
-        if cached is None:
-            self.calls += 1
-            cached = self.complete(request, schema)
-            self.cache.put(key, cached)
-        return cached
+    def requests(self, chunk, n: int) -> list[tuple[str, str, dict]]:
+        """(style, request, schema) of the chunk's n questions."""
+        sentences = split_sentences(chunk.text)
+        styles = [self.styles[i % len(self.styles)] for i in range(n)]
+        return [(style, *self.request(chunk, style, sentences[i % len(sentences)])) for i, style in enumerate(styles)]
+
+    def key(self, request: str, schema: dict) -> str:
+        return ResponseCache.key(self.model, json.dumps([request, schema], ensure_ascii=False))
+
+    def prefetch(self, chunks, n: int) -> None:
+        """Asks the requests of `chunks` that are not cached yet, all together, and caches the replies."""
+        asked = [(request, schema) for chunk in chunks for _, request, schema in self.requests(chunk, n)
+                 if self.cache.get(self.key(request, schema)) is None]
+        if asked:
+            self.calls += len(asked)
+            for (request, schema), response in zip(asked, self.complete(asked)):
+                self.cache.put(self.key(request, schema), response)
 
     def questions(self, chunk, n: int) -> list[dict]:
-        sentences, rows = split_sentences(chunk.text), []
-        for i in range(n):
-            style = self.styles[i % len(self.styles)]
-            item = parse_reply(self._ask(*self.request(chunk, style, sentences[i % len(sentences)])))
+        self.prefetch([chunk], n)
+        rows = []
+        for style, request, schema in self.requests(chunk, n):
+            item = parse_reply(self.cache.get(self.key(request, schema)))
             reason, row = ("unparsable", None) if item is None else self.check(item, chunk.text, style)
             self.counts[reason] += 1
             if row is not None:
@@ -256,19 +265,25 @@ def local_gguf(model: str) -> tuple[str, Callable[[], Path]]:
     return json.dumps([str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns]), lambda: path
 
 
-def llama_complete(gguf, max_tokens: int, threads: int | None = None, n_ctx: int = 4096):
-    """`complete(request, schema)` on the GGUF that `gguf()` gives, rendered with its own chat template; the model
-    opens on the first request."""
+def llama_complete(gguf, max_tokens: int, threads: int | None = None, batch_size: int = 1, n_ctx: int = 4096):
+    """`complete([(request, schema), ...]) -> replies` on the GGUF that `gguf()` gives, rendered with its own chat
+    template, up to `batch_size` requests decoded together in `n_ctx` cells each; the model opens on the first call."""
     from raftune.gguf_file import gguf_chat_template
-    from raftune.llama_runtime import json_completion, open_gguf
+    from raftune.llama_runtime import json_completions, open_gguf
 
     opened = {}
 
-    def complete(request: str, schema: dict) -> str:
+    def complete(requests: list[tuple[str, dict]]) -> list[str]:
         if not opened:
             path = gguf()
-            opened.update(template=gguf_chat_template(path), llm=open_gguf(path, n_ctx=n_ctx, n_threads=threads))
-        return json_completion(opened["llm"], render_request(opened["template"], request), schema, max_tokens)
+            opened.update(template=gguf_chat_template(path),
+                          llm=open_gguf(path, n_ctx=n_ctx * batch_size, n_threads=threads, n_seq_max=batch_size))
+        replies = []
+        for start in range(0, len(requests), batch_size):
+            part = requests[start:start + batch_size]
+            replies += json_completions(opened["llm"], [render_request(opened["template"], r) for r, _ in part],
+                                        [schema for _, schema in part], max_tokens)
+        return replies
 
     return complete
 
@@ -349,8 +364,8 @@ def make_generator(cfg, cache_path: Path):
         if not cfg.question_styles:
             raise RaftuneError(f"data.question_styles is empty: expected one or more of {', '.join(STYLES)}")
         model, gguf = local_gguf(cfg.generator_model)
-        complete = llama_complete(gguf, cfg.generator_max_tokens, cfg.generator_threads)
-        return LocalGenerator(model, complete, ResponseCache(cache_path), cfg.question_styles)
+        complete = llama_complete(gguf, cfg.generator_max_tokens, cfg.generator_threads, cfg.generator_batch_size)
+        return LocalGenerator(model, complete, ResponseCache(cache_path), cfg.question_styles, cfg.generator_batch_size)
     else:
         raise RaftuneError(f"data.generator must be extractive, openai, transformers or local, got '{cfg.generator}'")
     return ChatGenerator(cfg.generator, model, complete, ResponseCache(cache_path))

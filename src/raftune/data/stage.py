@@ -25,11 +25,18 @@ from raftune.manifest import Stage, write_jsonl
 
 
 def generate_triplets(chunks, generator, per_chunk: int) -> list[dict]:
-    """Questions from the generator for every chunk (used when the config names no QAC file)."""
-    triplets = []
-    for chunk in tqdm(chunks, desc=f"questions ({generator.name})", unit="chunk"):
-        for item in generator.questions(chunk, per_chunk):
-            triplets.append({**item, "context": chunk.text, "document": chunk.document, "page": chunk.page})
+    """Questions from the generator for every chunk (used when the config names no QAC file). A generator that decodes
+    several requests together (`prefetch`, the local one) is handed `batch_size` chunks at a time."""
+    triplets, step = [], getattr(generator, "batch_size", 1)
+    with tqdm(total=len(chunks), desc=f"questions ({generator.name})", unit="chunk") as bar:
+        for start in range(0, len(chunks), step):
+            group = chunks[start:start + step]
+            if step > 1:
+                generator.prefetch(group, per_chunk)
+            for chunk in group:
+                for item in generator.questions(chunk, per_chunk):
+                    triplets.append({**item, "context": chunk.text, "document": chunk.document, "page": chunk.page})
+            bar.update(len(group))
     return triplets
 
 
