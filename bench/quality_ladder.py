@@ -12,7 +12,9 @@ markdown table with each model's weighted average as a ratio to the extractive b
         --rows "demo QAC (90)" --commit abc1234 --command "raftune evaluate ..." [--train-s 600] [--models a b]
 
 --add reads the evaluation's ci.csv and answers.jsonl (what `raftune evaluate` writes) and replaces the rows of the
-same test set, base and model.
+same test set, base, model, training rows and commit: a base finetuned on other rows, or measured at another commit
+(another evaluation, whose retrieval may differ), gets rows of its own, and each row's ratio is to the extractive
+baseline of its own evaluation.
 """
 
 from __future__ import annotations
@@ -58,12 +60,12 @@ def add(args, path: Path) -> None:
     trained = new.model.str.startswith("finetuned")  # the run's own names (raftune.evaluate.stage.models_of_run)
     new["rows"] = [args.rows if t else math.nan for t in trained]
     new["train_s"] = [args.train_s if t else math.nan for t in trained]
-    key = ["testset", "base", "model"]
+    key = ["testset", "base", "model", "rows", "commit"]  # pandas matches an empty `rows` (no training) with another
     kept = ladder.merge(new[key], on=key, how="left", indicator=True)["_merge"] == "left_only"
     ladder = pd.concat([ladder[kept.values], new[COLUMNS]], ignore_index=True)
     order = lambda column: column.map({name: i for i, name in enumerate(BASES)}) if column.name == "base" else \
         column.map(lambda m: (m == BASELINE, m)) if column.name == "model" else column
-    ladder = ladder.sort_values(["testset", "base", "model"], key=order, kind="stable")
+    ladder = ladder.sort_values(["testset", "base", "model", "rows", "commit"], key=order, kind="stable")
     ladder.to_csv(path, index=False)
     print(f"ladder: {len(new)} rows from {args.add} -> {path}")
 
@@ -78,7 +80,8 @@ def table(ladder: pd.DataFrame) -> str:
     lines = ["| test set | base | model | training rows | KeywordScore [95% CI] | weighted [95% CI] | vs extractive "
              "| German answers | train s | evaluate s | commit |", "|" + " --- |" * 11]
     for _, r in ladder.iterrows():
-        floor = ladder[(ladder.testset == r.testset) & (ladder.base == r.base) & (ladder.model == BASELINE)]
+        floor = ladder[(ladder.testset == r.testset) & (ladder.base == r.base) & (ladder.commit == r.commit)
+                       & (ladder.model == BASELINE)]
         ratio = f"{r.weighted / floor.weighted.iloc[0]:.2f}x" if len(floor) else ""
         fmt = lambda v, spec: "" if pd.isna(v) else format(v, spec)
         lines.append(f"| {r.testset} | {r.base} | {r.model} | {fmt(r.rows, '')} | "
@@ -101,7 +104,7 @@ def figure(ladder: pd.DataFrame, path: Path) -> Path:
         for row, (metric, short, label) in enumerate(metrics):
             ax = axes[row][col]
             for x, base in enumerate(bases):
-                of = rows[rows.base == base]
+                of, commit = rows[rows.base == base], None
                 for model, colour, dx in ((lambda m: m.startswith("base"), "tab:gray", -0.12),
                                           (lambda m: m.startswith("finetuned"), "tab:blue", 0.12)):
                     hits = of[of.model.map(model).astype(bool)].dropna(subset=[metric])
@@ -109,7 +112,8 @@ def figure(ladder: pd.DataFrame, path: Path) -> Path:
                         best = hits.loc[hits[metric].idxmax()]
                         err = [[best[metric] - best[f"{short}_low"]], [best[f"{short}_high"] - best[metric]]]
                         ax.errorbar(x + dx, best[metric], yerr=err, fmt="o", color=colour, capsize=4)
-                floor = of[of.model == BASELINE]
+                        commit = best.commit  # the band: the baseline of the best finetuned model's evaluation
+                floor = of[(of.model == BASELINE) & ((of.commit == commit) if commit in set(of.commit) else True)]
                 if len(floor):
                     f = floor.iloc[0]
                     ax.fill_between([x - 0.3, x + 0.3], f[f"{short}_low"], f[f"{short}_high"], color="tab:orange",

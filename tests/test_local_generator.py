@@ -175,7 +175,8 @@ def test_llama_cpp_answers_each_chunk_with_json_of_the_asked_shape(tiny_gguf, tm
 
 def test_requests_decoded_together_get_the_replies_llama_cpp_python_gives_one_at_a_time(tiny_gguf, tmp_path):
     """raftune's batched decoding checks each sequence's greedy token against its grammar and masks the vocabulary
-    only when the grammar rejects it; llama-cpp-python masks it on every step, one request at a time. The same text."""
+    only when the grammar rejects it; llama-cpp-python masks it on every step, one request at a time. The same text
+    from the tiny f16 model (a quantised model's batched products can round a near-tie the other way)."""
     from llama_cpp import LlamaGrammar
 
     from raftune.chat import render_request

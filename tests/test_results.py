@@ -64,6 +64,11 @@ def test_the_quality_ladder_adds_an_evaluations_models_with_their_ratio_to_the_e
         assert (row.w_low, row.w_high) == (ci.loc[(model, "weighted"), "ci_low"], ci.loc[(model, "weighted"), "ci_high"])
         assert (row.train_s == 12) == model.startswith("finetuned") and (row.rows == "mini QAC") == model.startswith("finetuned")
         assert math.isnan(row.eval_s) == (model == "extractive-baseline")  # no model, no time
+    # the same base trained on other rows: rows of its own beside the first ones; its base and baseline replaced
+    quality_ladder.main(args[:9] + ["other rows"] + args[10:])
+    again = pd.read_csv(ladder)
+    assert len(again) == len(rows) + rows.index.str.startswith("finetuned").sum()
+    assert set(again[again.model.str.startswith("finetuned")].rows) == {"mini QAC", "other rows"}
     floor = rows.loc["extractive-baseline", "weighted"]
     printed = capsys.readouterr().out
     assert "| mini | tiny | base |  | " in printed and f"{rows.loc['base', 'weighted'] / floor:.2f}x" in printed
