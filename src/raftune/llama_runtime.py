@@ -122,11 +122,11 @@ def gguf_generate(llm, prompts: list[list[int]], max_new_tokens: int, grammars: 
     at an end-of-generation token (EOS, <end_of_turn>, ...), which is left out, or after `max_new_tokens`.
 
     `grammars` (GBNF, one per prompt) hold each sequence to its grammar, as llama.cpp's own samplers do: the greedy
-    token is checked first, and only when the grammar rejects it are all the vocabulary's tokens masked (the
-    mask costs a pass of the grammar over 151,936 tokens for Qwen: checking it on every step halved the 1.5B's
-    decoding speed on 2 cores). Greedy either way: on the same logits, the tokens masking every step would give.
-    A batch's logits are rounded differently from one sequence's by llama.cpp's matrix products, so a near-tie can
-    go the other way (bench/local_generator_speed.py counts the replies that differ)."""
+    token is checked first, and only when the grammar rejects it are all the vocabulary's tokens masked (a mask is a
+    pass of the grammar over Qwen's 151,936 tokens: masking on every step, as llama-cpp-python does, took the 1.5B
+    1.21x as long a chunk on 2 cores, bench/local_generator_speed.py). Greedy either way: on the same logits, the
+    tokens masking every step would give. A batch's logits are rounded differently from one sequence's by llama.cpp's
+    matrix products, so a near-tie can go the other way (bench/local_generator_speed.py counts the replies that differ)."""
     import llama_cpp
 
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
