@@ -112,8 +112,10 @@ def figure(ladder: pd.DataFrame, path: Path) -> Path:
                         best = hits.loc[hits[metric].idxmax()]
                         err = [[best[metric] - best[f"{short}_low"]], [best[f"{short}_high"] - best[metric]]]
                         ax.errorbar(x + dx, best[metric], yerr=err, fmt="o", color=colour, capsize=4)
-                        commit = best.commit  # the band: the baseline of the best finetuned model's evaluation
-                floor = of[(of.model == BASELINE) & ((of.commit == commit) if commit in set(of.commit) else True)]
+                        commit = best.commit  # finetuned after base: the band is its evaluation's baseline
+                floor = of[of.model == BASELINE]
+                if commit is not None:
+                    floor = floor[floor.commit == commit]
                 if len(floor):
                     f = floor.iloc[0]
                     ax.fill_between([x - 0.3, x + 0.3], f[f"{short}_low"], f[f"{short}_high"], color="tab:orange",

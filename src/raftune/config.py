@@ -74,8 +74,8 @@ class DataConfig:
     # local: llama.cpp's threads (null: every core). Its threads wait for each other by spinning: on a machine whose
     # cores are busy with other work, 1 thread generated 10x faster than 2 on 2 cores (README)
     generator_threads: int | None = None
-    # local: chunks whose requests llama.cpp decodes together, each held to its own grammar (the weights are read
-    # once a step for all of them)
+    # local: requests llama.cpp decodes together, each held to its own grammar (the weights are read once a step for
+    # all of them); the data stage hands the generator this many chunks at a time
     generator_batch_size: int = 8
     # local: the questions of a chunk take these styles in turn (formal: Sie, a full sentence; colloquial: du, short)
     question_styles: list[str] = field(default_factory=lambda: ["formal", "colloquial"])

@@ -14,6 +14,7 @@ does, so each decoding step reads the weights once for all of them.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 
@@ -179,8 +180,6 @@ class _Grammar:
         self.every = LlamaTokenDataArray(n_vocab=n_vocab)
 
     def allows(self, token: int) -> bool:
-        import ctypes
-
         import llama_cpp
 
         self.one[0].id, self.one[0].logit, self.one[0].p = token, 0.0, 0.0
@@ -189,8 +188,6 @@ class _Grammar:
         return np.isfinite(self.one[0].logit)
 
     def greedy(self, logits: np.ndarray) -> int:
-        import ctypes
-
         import llama_cpp
 
         token = int(logits.argmax())
