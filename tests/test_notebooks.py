@@ -1,5 +1,5 @@
-"""Every numbered notebook runs top to bottom (nbclient) on its recipe (00: Gemma 3 270M, the others: the tiny model),
-into a temporary runs folder."""
+"""Every numbered notebook runs top to bottom (nbclient) on its recipe (00: Gemma 3 270M, 10: Qwen2.5-Coder-0.5B, the
+others: the tiny model), into a temporary runs folder."""
 
 from pathlib import Path
 
@@ -17,16 +17,16 @@ FAST = {"00": "sft.max_steps=8 evaluate.max_new_tokens=16",  # configs/demo-gemm
         "02": "sft.max_steps=8", "03": "sft.max_steps=8", "04": "sft.max_steps=8", "05": "sft.max_steps=8",
         "06": "sft.max_steps=8", "07": "sft.max_steps=8 export.fidelity_prompts=3 export.greedy_tokens=16",
         "08": "sft.max_steps=8 export.fidelity_prompts=3 export.greedy_tokens=16 evaluate.max_new_tokens=16",
-        # the seed's rows are up to 3,818 tokens: the short ones only, for two steps
-        "10": "sft.max_steps=2 sft.max_length=1024 export.fidelity_prompts=3 export.greedy_tokens=16 "
-              "evaluate.max_new_tokens=16 evaluate.top_k=1"}
+        "10": "sft.max_steps=2 export.fidelity_prompts=3 export.greedy_tokens=16 evaluate.max_new_tokens=16 "
+              "evaluate.top_k=1"}
 SEED_DATA = ROOT.parent / "shared" / "seed-data"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch, tiny_cache):  # one model cache for all of them
     if path.name.startswith("10") and not SEED_DATA.is_dir():
-        pytest.skip(f"notebook 10 trains on the seed team's data, which is not beside the checkout ({SEED_DATA})")
+        pytest.skip(f"notebook 10 cleans the seed team's rows and answers from their PDFs, which are not beside the "
+                    f"checkout ({SEED_DATA})")
     monkeypatch.setenv("RAFTUNE_OVERRIDES", f"runs_dir={tmp_path} run=notebook {FAST.get(path.name[:2], '')}")
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(notebook, timeout=1800, kernel_name="python3",
