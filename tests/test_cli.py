@@ -62,3 +62,18 @@ def test_bitsandbytes_kernels_notice_is_not_printed():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0
     assert "gemm_4bit_forward" not in result.stderr and "another bitsandbytes warning" in result.stderr
+
+
+def test_flag_that_needs_another_is_refused_alone(tmp_path, capsys):
+    """`evaluate --out DIR` without `--answers` used to run the recipe's evaluation and replace runs/<run>/evaluate;
+    such a flag alone now stops before any work with exit status 2, naming the flag it needs."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"run: r\nruns_dir: {tmp_path / 'runs'}\n")
+    cases = {("evaluate", "--out", "x"): "evaluate --out applies only with --answers",
+             ("plots", "--out", "x"): "plots --out applies only with --results",
+             ("merge", "--unsafe-4bit"): "merge --unsafe-4bit applies only with --adapter",
+             ("export", "--type", "q8_0"): "export --type applies only with --model or --adapter"}
+    for argv, message in cases.items():
+        assert main([*argv, "--config", str(recipe)]) == 2
+        assert capsys.readouterr().err == f"raftune: error: {message}\n"
+    assert not (tmp_path / "runs").exists()

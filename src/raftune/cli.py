@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     stage = sub.add_parser("export", help=STAGES["export"], description=STAGES["export"])
     stage.add_argument("--model", help="export this HF model folder alone, instead of the run's (needs --out)")
     stage.add_argument("--out", help="with --model or --adapter: the .gguf file to write")
-    stage.add_argument("--type", default="f16",
+    stage.add_argument("--type",
                        help="with --model: f32, f16, bf16, q8_0 (converter) or q4_k_m, q5_k_m, q6_k, ... "
                             "(llama.cpp quantisation) (default f16)")
     stage.add_argument("--adapter", help="write this PEFT adapter as a GGUF LoRA (with --base-model)")
@@ -205,6 +205,7 @@ def _data_build(args):
 def _plots(args):
     from raftune.plots import run
 
+    _only_with(args, "plots", ("results",), ("out",))
     config = _config(args)
     if args.results or not _skip(config, "plots", args):
         run(config, args.results, args.out)
@@ -218,9 +219,21 @@ def _train(args):
         run(config, resume=args.resume)
 
 
+def _only_with(args, command: str, anchors: tuple[str, ...], flags: tuple[str, ...]) -> None:
+    """A flag that means something only beside another stops the command when given alone, rather than being
+    silently ignored while the recipe's own run is done (and its outputs replaced)."""
+    if any(getattr(args, anchor) for anchor in anchors):
+        return
+    for flag in flags:
+        if getattr(args, flag) not in (None, False):
+            needed = " or ".join(f"--{anchor.replace('_', '-')}" for anchor in anchors)
+            raise RaftuneError(f"{command} --{flag.replace('_', '-')} applies only with {needed}")
+
+
 def _merge(args):
     from raftune.merge import describe, merge, run
 
+    _only_with(args, "merge", ("adapter",), ("out", "base", "unsafe_4bit"))
     if not args.adapter:
         config = _config(args)
         config.merge.method = args.method or config.merge.method
@@ -237,6 +250,7 @@ def _merge(args):
 def _export(args):
     from raftune.export import stage
 
+    _only_with(args, "export", ("model", "adapter"), ("out", "type", "prompts", "base_model"))
     config = _config(args)
     if not (args.model or args.adapter):
         if not _skip(config, "export", args):
@@ -250,13 +264,14 @@ def _export(args):
         facts = stage.export_lora(args.adapter, args.base_model, args.out)
         print(f"export: wrote GGUF LoRA {facts['path']} ({facts['bytes'] / 1e6:.1f} MB)")
         return
-    stage.run_one(args.model, args.out, args.type.lower(), lambda: _fidelity_prompts(config, args.model, args.prompts),
+    stage.run_one(args.model, args.out, (args.type or "f16").lower(), lambda: _fidelity_prompts(config, args.model, args.prompts),
                   config.export.limits(), config.export.greedy_tokens)
 
 
 def _evaluate(args):
     from raftune.evaluate import stage
 
+    _only_with(args, "evaluate", ("answers",), ("out",))
     config = _config(args)
     if args.testset:
         config.evaluate.testset = args.testset
