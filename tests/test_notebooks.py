@@ -1,6 +1,7 @@
 """Every numbered notebook runs top to bottom (nbclient) on its recipe (00: Gemma 3 270M, 10: Qwen2.5-Coder-0.5B, the
 others: the tiny model), into a temporary runs folder."""
 
+import json
 from pathlib import Path
 
 import nbformat
@@ -27,7 +28,13 @@ def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch, tiny_cache):  
     if path.name.startswith("10") and not SEED_DATA.is_dir():
         pytest.skip(f"notebook 10 cleans the seed team's rows and answers from their PDFs, which are not beside the "
                     f"checkout ({SEED_DATA})")
-    monkeypatch.setenv("RAFTUNE_OVERRIDES", f"runs_dir={tmp_path} run=notebook {FAST.get(path.name[:2], '')}")
+    overrides = f"runs_dir={tmp_path} run=notebook {FAST.get(path.name[:2], '')}"
+    if path.name.startswith("10"):  # the first 3 of the 15 tests: 4 models answer 9 questions, not 45
+        seed_tests = json.loads((ROOT / "datasets" / "seed-pdfs" / "testset.json").read_text(encoding="utf-8"))
+        seed_tests["tests"] = seed_tests["tests"][:3]
+        (tmp_path / "testset.json").write_text(json.dumps(seed_tests, ensure_ascii=False), encoding="utf-8")
+        overrides += f" evaluate.testset={tmp_path / 'testset.json'}"
+    monkeypatch.setenv("RAFTUNE_OVERRIDES", overrides)
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(notebook, timeout=1800, kernel_name="python3",
                    resources={"metadata": {"path": str(path.parent)}}).execute()
