@@ -14,6 +14,9 @@ take the data stage and the retrieved passages from a machine that has them, and
     here:  .venv/bin/python bench/recipe_candidates.py --config C --out /tmp/prep --prepare [key=value ...]
     there: python bench/recipe_candidates.py --config C --out OUT --prepared /tmp/prep --no-score [key=value ...] ...
     here:  .venv/bin/raftune evaluate --config C --answers OUT/answers.jsonl --out /tmp/scores
+
+Given `--prepared` several times, the candidates train on the RAFT rows of all those data stages together (a mixture
+of sources: the demo's rows and rows written from the user's PDFs, say), and answer from the first one's passages.
 """
 
 from __future__ import annotations
@@ -42,13 +45,33 @@ def answers(name: str, spec: dict, config, items, ctx, cache: ResponseCache) -> 
     return [{key: row[key] for key in ("model", "test_id", "question_id", "answer")} for row in rows]
 
 
+def mixed(folders: list[Path], run: str, out: Path) -> Path:
+    """The data stage of the first prepared folder, its RAFT rows joined by every other folder's, split by split (the
+    columns all of them have)."""
+    import datasets
+
+    stages = [folder / "runs" / run / "data" for folder in folders]
+    if len(stages) == 1:
+        return stages[0]
+    parts = [datasets.load_from_disk(str(stage / "raft")) for stage in stages]
+    columns = [c for c in parts[0]["train"].column_names if all(c in p["train"].column_names for p in parts)]
+    joined = datasets.DatasetDict({split: datasets.concatenate_datasets(
+        [p[split].select_columns(columns).cast(parts[0][split].select_columns(columns).features) for p in parts])
+        for split in parts[0]})
+    shutil.copytree(stages[0], out, ignore=shutil.ignore_patterns("raft"), dirs_exist_ok=True)
+    joined.save_to_disk(str(out / "raft"))
+    print(f"mixed: {' + '.join(str(len(p['train'])) for p in parts)} training rows -> {out}", flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--candidate", action="append", default=[], help="space-separated key=value overrides")
     parser.add_argument("--prepare", action="store_true", help="only run the data stage and retrieve the passages")
-    parser.add_argument("--prepared", type=Path, help="a folder --prepare wrote: its data stage and passages are used")
+    parser.add_argument("--prepared", type=Path, action="append", default=[],
+                        help="a folder --prepare wrote: its data stage and passages are used; several: their rows mixed")
     parser.add_argument("--no-score", action="store_true", help="write the answers, leave the scoring")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the recipe, for every candidate")
     args = parser.parse_args()
@@ -57,8 +80,8 @@ def main() -> None:
     config = load_config(args.config, [*args.overrides, f"runs_dir={runs}"])
     items = load_testset(config.evaluate.testset)
     if args.prepared:
-        data_dir = args.prepared / "runs" / config.run / "data"
-        ctx = json.loads((args.prepared / "contexts.json").read_text(encoding="utf-8"))
+        data_dir = mixed(args.prepared, config.run, args.out / "mixed")
+        ctx = json.loads((args.prepared[0] / "contexts.json").read_text(encoding="utf-8"))
     else:
         data_dir = data_stage.run(config)
         ctx, _ = contexts(config, items)
