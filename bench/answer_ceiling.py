@@ -1,7 +1,7 @@
 """How high an answer drawn from the retrieved passages can score: for every test question, the sentence of its
 top-k retrieved passages closest to the reference answer (rapidfuzz token_set_ratio: an oracle that reads the
-reference, which no model can), written two ways and scored by `raftune evaluate --answers` beside the extractive
-baseline, which picks its sentence by the question instead:
+reference, which no model can; the extractive baseline picks its sentence by the question instead), written two ways
+and scored by `raftune evaluate --answers`:
 
 - `oracle-quote`: the RAFT answer raftune trains (the sentence quoted, then `<ANSWER>:` and the same sentence),
 - `oracle-bare`: the sentence alone.
@@ -23,7 +23,7 @@ from rapidfuzz import fuzz
 
 from raftune.answer import format_answer
 from raftune.config import load_config
-from raftune.data.raft import split_sentences
+from raftune.data.raft import best_sentence
 from raftune.data.retrieval import contexts
 from raftune.data.testset import load_testset
 from raftune.evaluate.results import results_table
@@ -42,8 +42,9 @@ def main() -> None:
     passages, _ = contexts(config, items)
     rows = []
     for item, found in zip(items, passages):
-        sentences = [s for passage in found for s in split_sentences(passage["text"])] or [""]
-        best = max(sentences, key=lambda s: fuzz.token_set_ratio(item.reference, s))
+        # the best of each passage's best: the first of equals, as over all their sentences at once
+        best = max((best_sentence(item.reference, passage["text"]) for passage in found),
+                   key=lambda s: fuzz.token_set_ratio(item.reference, s))
         for model, answer in (("oracle-quote", format_answer(best, best)), ("oracle-bare", best)):
             rows.append({"model": model, "test_id": item.test_id, "question_id": item.question_id, "answer": answer})
     args.out.mkdir(parents=True, exist_ok=True)
